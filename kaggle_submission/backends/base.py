@@ -1,0 +1,131 @@
+"""The asynchronous protocol between the SC-TIR engine and an LLM backend.
+
+The engine submits one continuation per rollout as a coroutine (`await backend.generate(req)`),
+so a backend with continuous batching (vLLM) sees every live rollout at once and a rollout never
+waits for the others. Cancelling the awaiting task is the cancel operation: a backend must stop
+the request underneath (vLLM: abort; transformers: drop the row at the next step) and let
+`asyncio.CancelledError` propagate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "eos", "abort", "error"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling settings, as the engine's config sets them for a round."""
+
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_tokens: int = 2048
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One continuation of one rollout.
+
+    `prompt` is the whole context so far (the problem prompt, earlier generations and output
+    blocks); prefix caching makes resending it cheap. `problem_key`, `rollout` and `call`
+    identify the request for replay and for traces; live backends ignore them.
+    """
+
+    request_id: str
+    prompt: str
+    params: SamplingParams
+    problem_key: str = ""
+    rollout: int = 0
+    call: int = 0
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What a backend returns for one request.
+
+    finish_reason: "stop" when a stop string ended it (the stop string is kept at the end of
+    `text`, `stop` names it), "eos" when the model ended its answer, "length" when max_tokens
+    ran out, "abort" when cancelled, "error" when the backend failed (`error` says why).
+    """
+
+    request_id: str
+    text: str
+    finish_reason: FinishReason
+    stop: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the engine needs from an LLM backend."""
+
+    name: str
+    chat_template: str | None
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        """Run one continuation; cancelling the caller's task cancels the request."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release the engine (processes, GPU memory)."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What ran, for logs and traces: engine, model, versions, settings."""
+        ...
+
+
+def problem_key(prompt: str) -> str:
+    """A short stable key of a rollout's first prompt, shared by every request of the problem."""
+    return hashlib.sha256(prompt.encode()).hexdigest()[:16]
+
+
+def apply_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str | None]:
+    """Cut `text` just after the earliest stop string, keeping it (as vLLM's include_stop)."""
+    best: tuple[int, str] | None = None
+    for stop in stops:
+        at = text.find(stop)
+        if at >= 0 and (best is None or at < best[0]):
+            best = (at, stop)
+    if best is None:
+        return text, None
+    at, stop = best
+    return text[: at + len(stop)], stop
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """How to build a backend: its name and keyword options (model path, dtype, ...)."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def create_backend(name: str, **options: Any) -> Backend:
+    """Build a backend by name; heavy modules are imported here, not at package import."""
+    if name == "transformers":
+        from .transformers_backend import TransformersBackend
+
+        return TransformersBackend(**options)
+    if name == "replay":
+        from .replay import ReplayBackend
+
+        return ReplayBackend(**options)
+    if name == "scripted":
+        from .scripted import ScriptedBackend
+
+        return ScriptedBackend(**options)
+    if name == "vllm":
+        from .vllm_backend import VLLMBackend
+
+        return VLLMBackend(**options)
+    raise ValueError(f"unknown backend {name!r}: choose transformers, vllm, replay or scripted")

@@ -1,0 +1,41 @@
+"""AIMO-1: the `aimo` env loop.
+
+`env = aimo.make_env()` once, `env.iter_test()` once, yielding 1-row pandas frames
+(test: id, problem; submission: id, answer); `env.predict(submission)` must be called before
+the next item. The answers are reported mod 1000 by the competition; the kit's policy keeps
+0..999 and rejects the rest rather than reducing (see answers.AnswerPolicy).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from ..answers import AIMO1_POLICY
+from .base import AnswerFn, safe_answer, scalar
+
+NAME = "aimo1"
+POLICY = AIMO1_POLICY
+SUBMISSION_FILE = "submission.csv"
+PER_CALL_LIMIT_S: float | None = None
+
+
+def serve_env(env: Any, answer_fn: AnswerFn) -> int:
+    """Answer every item the env yields; returns how many were answered."""
+    answered = 0
+    for test, submission in env.iter_test():
+        try:
+            problem_id, problem = scalar(test["id"]), scalar(test["problem"])
+        except Exception:
+            problem_id, problem = "?", ""
+        submission["answer"] = safe_answer(answer_fn, problem_id, problem, POLICY)
+        env.predict(submission)
+        answered += 1
+    return answered
+
+
+def run(answer_fn: AnswerFn, test_path: str | Path | None = None) -> None:
+    """On Kaggle: the real `aimo` module; `test_path` is unused (the env reads its own data)."""
+    aimo = importlib.import_module("aimo")
+    serve_env(aimo.make_env(), answer_fn)

@@ -1,0 +1,87 @@
+"""Engine configuration: frozen dataclasses, overridable field by field.
+
+Defaults are the AIMO-1 winner's SC-TIR settings (N=48, M=4, temperature 0.8, top_p 1, 2048 new
+tokens per round, stop at "```output"), with its rollout rules as switches so dry runs can
+compare variants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .prompts import STOP_STRINGS
+from .stopping import ConsensusStop
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How one problem is solved.
+
+    Attributes:
+        num_rollouts: N, sampled solutions per problem.
+        max_calls: M, generation calls per rollout (the winner's rounds); restarts use them too.
+        temperature, top_p, max_tokens_per_call: sampling per call.
+        stop: stop strings; the first is the code-output fence, kept in the text.
+        seed: base seed; rollout r's call c uses a seed derived from (seed, r, c).
+        restart_without_code: an attempt that wrote no ```python block starts over from the
+            prompt (the winner's rule).
+        prune_unexecuted: an answer given before any code ran is dropped as hallucinated.
+        answer_ends_rollout: a boxed answer retires the rollout even if it also asked to run
+            code; off, the code runs and the rollout goes on.
+        restart_unfinished: an attempt that ended neither at the stop string nor with an answer
+            (ran out of tokens, or ended without a box) starts over.
+        execute_code: off, every code block gets an empty output without running: an ablation
+            that measures what execution adds.
+        round_barrier: make every rollout wait for the slowest at each call, as the winner's
+            batched loop did; only for comparison, it wastes time.
+        error_code_weight: vote weight of an answer whose rollout hit a code error (answers
+            from rollouts whose code all ran cleanly weigh 1). In (0, 1], so that no answer
+            outweighs 1 and the early-stop bound holds.
+        early_stop: consensus rule (None: never stop early).
+        drain_seconds: after cancelling at the deadline, how long to wait for in-flight work to
+            acknowledge before returning.
+    """
+
+    num_rollouts: int = 48
+    max_calls: int = 4
+    temperature: float = 0.8
+    top_p: float = 1.0
+    max_tokens_per_call: int = 2048
+    stop: tuple[str, ...] = STOP_STRINGS
+    seed: int = 0
+    restart_without_code: bool = True
+    prune_unexecuted: bool = True
+    answer_ends_rollout: bool = True
+    restart_unfinished: bool = True
+    execute_code: bool = True
+    round_barrier: bool = False
+    error_code_weight: float = 1.0
+    early_stop: ConsensusStop | None = field(default_factory=ConsensusStop)
+    drain_seconds: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.num_rollouts < 1 or self.max_calls < 1 or self.max_tokens_per_call < 1:
+            raise ValueError("num_rollouts, max_calls and max_tokens_per_call must be >= 1")
+        if not 0 < self.error_code_weight <= 1:
+            raise ValueError("error_code_weight must be in (0, 1]")
+        if not self.stop:
+            raise ValueError("stop needs at least the code-output fence")
+
+
+def override(obj: T, **changes: Any) -> T:
+    """A copy of a frozen config with fields replaced; unknown names raise a clear error."""
+    names = {f.name for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        kind = type(obj).__name__
+        raise ValueError(f"{kind} has no field(s) {unknown}; known: {sorted(names)}")
+    return dataclasses.replace(obj, **changes)  # type: ignore[type-var]
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A JSON-friendly dict of a (nested) config dataclass."""
+    return dataclasses.asdict(obj)

@@ -1,0 +1,167 @@
+"""The dry run: the Kaggle code path (kernel, adapter, local gateway, budget) on validation data.
+
+Writes into one folder: the submission file, traces.jsonl, summary.json, report.md and plots.
+On a machine without a GPU or weights, the `demo-cpu` preset runs the tiny demo model on
+synthetic arithmetic problems it can solve, and every output says that it is a demo.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from .competition.gateway import GatewayRow, run_local_gateway
+from .config import override
+from .kernel import Kernel
+from .presets import Preset, get_preset
+from .problems import Problem, load_problems
+from .report import summarize, write_report
+from .traces import read_traces
+
+log = logging.getLogger(__name__)
+
+DEMO_BANNER = (
+    "DEMO RUN: a tiny model trained on synthetic arithmetic, not NuminaMath; the figures show "
+    "the pipeline works, not competition accuracy."
+)
+
+
+@dataclass(frozen=True)
+class DryRunOptions:
+    """Attributes:
+    data: a shipped set name, a CSV path, or "demo" (held-out demo problems).
+    preset: preset name or preset file.
+    out_dir: output folder (created).
+    limit: first N problems of the file (before shuffling).
+    shuffle_seed: the gateway's order (None: file order).
+    model: a model directory that replaces the preset's weights.
+    backend: replaces the preset's backend ("transformers", "vllm", ...).
+    overrides: dotted preset overrides ("engine.num_rollouts": 8, ...).
+    time_limit_s: the whole run's limit (replaces budget.total_s).
+    """
+
+    data: str = "demo"
+    preset: str = "demo-cpu"
+    out_dir: Path = Path("runs/dry-run")
+    limit: int | None = None
+    shuffle_seed: int | None = 0
+    model: str | None = None
+    backend: str | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    time_limit_s: float | None = None
+
+
+def load_data(options: DryRunOptions) -> tuple[str, list[Problem]]:
+    if options.data == "demo":
+        from .demo import demo_problems
+
+        problems = demo_problems(options.limit or 20)
+        return (
+            "demo problems (synthetic arithmetic, held out from the demo model's training)",
+            problems,
+        )
+    problem_set = load_problems(options.data)
+    problems = list(problem_set)[: options.limit] if options.limit else list(problem_set)
+    return str(problem_set.path), problems
+
+
+def build_preset(options: DryRunOptions, num_problems: int) -> Preset:
+    changes: dict[str, Any] = {"budget.num_problems": num_problems, **options.overrides}
+    if options.time_limit_s is not None:
+        changes["budget.total_s"] = options.time_limit_s
+    preset = get_preset(options.preset).with_overrides(changes)
+    return override(preset, backend=options.backend) if options.backend else preset
+
+
+class Progress:
+    """One line per problem: k of n, elapsed, budget left, running accuracy."""
+
+    def __init__(self, kernel: Kernel, stream: TextIO = sys.stderr) -> None:
+        self.kernel = kernel
+        self.stream = stream
+        self.start = time.monotonic()
+        self.correct = 0
+        self.scored = 0
+
+    def __call__(self, row: GatewayRow, total: int) -> None:
+        if row.truth is not None:
+            self.scored += 1
+            self.correct += bool(row.correct)
+        accuracy = f"{self.correct}/{self.scored}" if self.scored else "-"
+        mark = {True: "ok", False: "wrong", None: ""}[row.correct]
+        print(
+            f"[{row.order + 1}/{total}] {row.key}: answer {row.answer} {mark} "
+            f"({row.seconds:.1f} s) | elapsed {time.monotonic() - self.start:.0f} s, "
+            f"budget left {self.kernel.budget.time_left():.0f} s, accuracy {accuracy}",
+            file=self.stream,
+            flush=True,
+        )
+
+
+def dry_run(options: DryRunOptions, stream: TextIO = sys.stderr) -> dict[str, Any]:
+    """Run it; returns the summary (also written to summary.json)."""
+    run_started = time.monotonic()
+    out = Path(options.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_name, problems = load_data(options)
+    preset = build_preset(options, len(problems))
+    demo = preset.model == "demo" and options.model is None
+    if demo:
+        print(DEMO_BANNER, file=stream)
+    trace_path = out / "traces.jsonl"
+    if trace_path.exists():
+        trace_path.unlink()
+    kernel = Kernel(preset, model_dir=options.model, trace_path=trace_path, run_started=run_started)
+    with kernel:
+        print(
+            f"engine: {preset.backend} | model: {kernel.model_path} | preset: {preset.name} | "
+            f"N={preset.engine.num_rollouts} M={preset.engine.max_calls} | "
+            f"{len(problems)} problems from {data_name}",
+            file=stream,
+            flush=True,
+        )
+        gateway = run_local_gateway(
+            preset.competition,
+            problems,
+            kernel.answer,
+            out,
+            shuffle_seed=options.shuffle_seed,
+            on_row=Progress(kernel, stream),
+        )
+        engine = kernel.describe()
+    traces = {t.problem_id: t for t in read_traces(trace_path)}
+    ordered = [traces[r.key] for r in gateway.rows if r.key in traces]
+    summary = summarize(
+        ordered,
+        {p.key: p.answer for p in problems},
+        {
+            "banner": DEMO_BANNER if demo else "",
+            "data": data_name,
+            "preset": preset.name,
+            "backend": preset.backend,
+            "model": str(kernel.model_path),
+            "engine": engine,
+            "competition": preset.competition,
+            "submission": str(gateway.submission_path),
+            "gateway_correct": gateway.correct,
+            "gateway_violations": gateway.violations,
+            "unanswerable": [
+                p.key
+                for p in problems
+                if p.answer is not None and preset.policy.admit(p.answer) != p.answer
+            ],
+            "wall_seconds": time.monotonic() - run_started,
+        },
+    )
+    report = write_report(summary, out)
+    print(
+        f"accuracy {summary['correct']}/{summary['scored']} | pass@N {summary['pass_at_n']} | "
+        f"report {report}",
+        file=stream,
+    )
+    return summary

@@ -1,0 +1,479 @@
+"""SC-TIR for one problem: N rollouts, each up to M generation calls, code run between calls.
+
+Each rollout is its own asyncio task: it generates until the model asks for code output, runs the
+block in its persistent sandbox session (in a thread, so the loop keeps feeding the backend), and
+continues. There is no round barrier unless asked for: a rollout whose code ran fast submits its
+next call while others still generate, which is what keeps a continuous-batching engine full.
+
+At the deadline, or when the early-stop rule settles the answer, everything in flight is
+cancelled and the finished answers are voted on. `solve` always returns an answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .answers import AIMO1_POLICY, AnswerPolicy, Vote, extract_answer, extract_boxed, vote
+from .backends.base import Backend, GenerationRequest, SamplingParams, problem_key
+from .config import EngineConfig, to_dict
+from .prompts import format_output_block, format_prompt, has_code_block, last_code_block
+from .sandbox import ExecResult
+from .stopping import StopView
+from .traces import (
+    ExecutionSegment,
+    GenerationSegment,
+    RolloutTrace,
+    SolveTrace,
+    StopReason,
+    TraceWriter,
+    VoteTrace,
+)
+
+if TYPE_CHECKING:
+    from .sandbox import Sandbox, Session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The outcome of one problem: the answer (always set) and the full trace."""
+
+    answer: int
+    vote: Vote
+    stop_reason: StopReason
+    seconds: float
+    trace: SolveTrace
+    error: str | None = None
+
+
+def rollout_seed(base: int, rollout: int, call: int) -> int:
+    """A distinct, reproducible seed per (rollout, call)."""
+    return (base * 1_000_003 + rollout * 10_007 + call) % (2**31 - 1)
+
+
+class _RoundBarrier:
+    """Holds every live rollout at each call until all have arrived (the winner's batching)."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self.arrived = 0
+        self.event = asyncio.Event()
+
+    async def wait(self) -> None:
+        self.arrived += 1
+        event = self.event
+        if self.arrived >= self.parties:
+            self._release()
+        else:
+            await event.wait()
+
+    def leave(self) -> None:
+        self.parties -= 1
+        if self.parties > 0 and self.arrived >= self.parties:
+            self._release()
+
+    def _release(self) -> None:
+        self.event.set()
+        self.event = asyncio.Event()
+        self.arrived = 0
+
+
+class _ProblemRun:
+    """The state of one `solve`: rollouts, their sessions, the finish order."""
+
+    def __init__(
+        self,
+        problem: str,
+        problem_id: str,
+        backend: Backend,
+        sandbox: Sandbox,
+        config: EngineConfig,
+        policy: AnswerPolicy,
+        executor: concurrent.futures.Executor,
+    ) -> None:
+        self.problem = problem
+        self.problem_id = problem_id
+        self.backend = backend
+        self.sandbox = sandbox
+        self.config = config
+        self.policy = policy
+        self.executor = executor
+        self.prompt = format_prompt(problem, getattr(backend, "chat_template", None))
+        self.key = problem_key(self.prompt)
+        self.start = time.monotonic()
+        self.rollouts = [RolloutTrace(index=i) for i in range(config.num_rollouts)]
+        self.sessions: list[Session] = []
+        self.barrier = _RoundBarrier(config.num_rollouts) if config.round_barrier else None
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def rollout(self, trace: RolloutTrace) -> None:
+        try:
+            await self._rollout(trace)
+        finally:
+            trace.seconds = self.elapsed()
+            if self.barrier is not None:
+                self.barrier.leave()
+
+    async def _rollout(self, trace: RolloutTrace) -> None:
+        cfg = self.config
+        session: Session | None = None
+        attempt = 0
+        attempt_text = ""
+        executed_in_attempt = 0
+        for call in range(cfg.max_calls):
+            if self.barrier is not None and call > 0:
+                await self.barrier.wait()
+            request = GenerationRequest(
+                request_id=f"{self.key}-{trace.index}-{call}",
+                prompt=self.prompt + attempt_text,
+                params=SamplingParams(
+                    temperature=cfg.temperature,
+                    top_p=cfg.top_p,
+                    max_tokens=cfg.max_tokens_per_call,
+                    stop=cfg.stop,
+                    seed=rollout_seed(cfg.seed, trace.index, call),
+                ),
+                problem_key=self.key,
+                rollout=trace.index,
+                call=call,
+            )
+            started = self.elapsed()
+            completion = await self.backend.generate(request)
+            trace.segments.append(
+                GenerationSegment(
+                    call=call,
+                    attempt=attempt,
+                    text=completion.text,
+                    finish_reason=completion.finish_reason,
+                    stop=completion.stop,
+                    prompt_tokens=completion.prompt_tokens,
+                    completion_tokens=completion.completion_tokens,
+                    started=started,
+                    seconds=self.elapsed() - started,
+                    error=completion.error,
+                )
+            )
+            if completion.finish_reason in ("error", "abort"):
+                trace.status = "error"
+                return
+            text = completion.text
+            attempt_text += text
+
+            def restart() -> None:
+                nonlocal attempt, attempt_text, executed_in_attempt
+                trace.restarts += 1
+                attempt += 1
+                attempt_text = ""
+                executed_in_attempt = 0
+
+            if cfg.restart_without_code and not has_code_block(attempt_text):
+                restart()
+                continue
+            asked_for_code = completion.finish_reason == "stop"
+            if self._has_answer(text) and (cfg.answer_ends_rollout or not asked_for_code):
+                if cfg.prune_unexecuted and executed_in_attempt == 0:
+                    trace.status = "pruned"
+                    return
+                trace.answer = extract_answer(text, self.policy)
+                trace.status = "answered" if trace.answer is not None else "no_answer"
+                return
+            code = last_code_block(text) if asked_for_code else None
+            if code is None:
+                if cfg.restart_unfinished:
+                    restart()
+                    continue
+                trace.status = "no_answer"
+                return
+            started = self.elapsed()
+            if not cfg.execute_code:
+                result = ExecResult(
+                    "",
+                    ok=True,
+                    timed_out=False,
+                    seconds=0.0,
+                    reset=False,
+                    restored=False,
+                    queued_seconds=0.0,
+                )
+            else:
+                if session is None:
+                    session = await self._in_thread(self.sandbox.session)
+                    self.sessions.append(session)
+                result = await self._in_thread(session.run, code)
+            appended = format_output_block(result.output)
+            attempt_text += appended
+            executed_in_attempt += 1
+            trace.executed += 1
+            trace.code_errors += 0 if result.ok else 1
+            trace.segments.append(
+                ExecutionSegment(
+                    call=call,
+                    attempt=attempt,
+                    code=code,
+                    output=result.output,
+                    appended=appended,
+                    ok=result.ok,
+                    timed_out=result.timed_out,
+                    reset=result.reset,
+                    started=started,
+                    seconds=result.seconds,
+                    queued_seconds=result.queued_seconds,
+                )
+            )
+        trace.status = "exhausted"
+
+    def _has_answer(self, text: str) -> bool:
+        return extract_boxed(text) is not None or extract_answer(text, self.policy) is not None
+
+    def weight(self, trace: RolloutTrace) -> float:
+        return self.config.error_code_weight if trace.code_errors else 1.0
+
+    def stop_view(self, finished: list[RolloutTrace], running: int) -> StopView:
+        answered = [t for t in finished if t.answer is not None]
+        return StopView(
+            answers=tuple(t.answer for t in answered if t.answer is not None),
+            weights=tuple(self.weight(t) for t in answered),
+            finished=len(finished),
+            running=running,
+            total=self.config.num_rollouts,
+        )
+
+    def close_sessions(self) -> None:
+        """Kill the rollouts' interpreters off the event loop (a kill sweeps /proc)."""
+        for session in self.sessions:
+            self.executor.submit(session.close)
+
+
+async def solve_async(
+    problem: str,
+    *,
+    backend: Backend,
+    sandbox: Sandbox,
+    config: EngineConfig,
+    policy: AnswerPolicy = AIMO1_POLICY,
+    deadline: float | None = None,
+    problem_id: str = "",
+    executor: concurrent.futures.Executor | None = None,
+) -> Solution:
+    """Solve one problem; `deadline` is a `time.monotonic()` instant. Never raises."""
+    own_executor = executor is None
+    if executor is None:
+        executor = concurrent.futures.ThreadPoolExecutor(config.num_rollouts + 4, "sandbox-call")
+    run = _ProblemRun(problem, problem_id, backend, sandbox, config, policy, executor)
+    started_at = time.time()
+    stop_reason: StopReason = "finished"
+    error: str | None = None
+    finished: list[RolloutTrace] = []
+    tasks: dict[asyncio.Task[None], RolloutTrace] = {}
+    try:
+        tasks = {asyncio.create_task(run.rollout(t)): t for t in run.rollouts}
+        pending = set(tasks)
+        while pending:
+            timeout = None if deadline is None else deadline - time.monotonic()
+            if timeout is not None and timeout <= 0:
+                stop_reason = "deadline"
+                break
+            done, pending = await asyncio.wait(
+                pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                trace = tasks[task]
+                exc = None if task.cancelled() else task.exception()
+                if task.cancelled() or exc is not None:
+                    trace.status = "error"
+                    log.warning("rollout %d of %s failed: %r", trace.index, problem_id, exc)
+                finished.append(trace)
+            rule = config.early_stop
+            if (
+                pending
+                and done
+                and rule is not None
+                and rule(run.stop_view(finished, len(pending)))
+            ):
+                stop_reason = "early_stop"
+                break
+    except Exception as exc:  # the engine itself failed: vote on what finished
+        stop_reason, error = "error", f"{type(exc).__name__}: {exc}"
+        log.exception("solve of %s failed", problem_id)
+    finally:
+        live = [t for t in tasks if not t.done()]
+        for task in live:
+            task.cancel()
+        if live:
+            await asyncio.wait(live, timeout=config.drain_seconds)
+        for task in live:
+            tasks[task].status = "cancelled"
+        run.close_sessions()
+        if own_executor:
+            executor.shutdown(wait=False)
+    if error is None and finished and all(t.status == "error" for t in run.rollouts):
+        stop_reason, error = "error", "every rollout failed in the backend"
+    answered = [t for t in finished if t.answer is not None and t.status == "answered"]
+    result = vote([t.answer for t in answered], policy, weights=[run.weight(t) for t in answered])
+    seconds = run.elapsed()
+    trace = SolveTrace(
+        problem_id=problem_id,
+        problem=problem,
+        prompt=run.prompt,
+        answer=result.answer,
+        stop_reason=stop_reason,
+        started_at=started_at,
+        seconds=seconds,
+        budget_s=None if deadline is None else deadline - run.start,
+        config=to_dict(config),
+        backend=_describe(backend),
+        vote=VoteTrace(
+            counts=dict(result.counts),
+            n_valid=result.n_valid,
+            n_total=config.num_rollouts,
+            margin=result.margin,
+            used_fallback=result.used_fallback,
+        ),
+        rollouts=run.rollouts,
+        error=error,
+    )
+    return Solution(result.answer, result, stop_reason, seconds, trace, error)
+
+
+def fallback_solution(
+    problem: str, problem_id: str, config: EngineConfig, policy: AnswerPolicy, error: str
+) -> Solution:
+    """The answer when the engine could not produce one: the policy's fallback, with why."""
+    result = vote([], policy)
+    trace = SolveTrace(
+        problem_id=problem_id,
+        problem=problem,
+        prompt="",
+        answer=result.answer,
+        stop_reason="error",
+        started_at=time.time(),
+        seconds=0.0,
+        budget_s=None,
+        config=to_dict(config),
+        backend={},
+        vote=VoteTrace({}, 0, config.num_rollouts, 0.0, True),
+        rollouts=[],
+        error=error,
+    )
+    return Solution(result.answer, result, "error", 0.0, trace, error)
+
+
+def _describe(backend: Backend) -> dict[str, Any]:
+    try:
+        return {"name": getattr(backend, "name", "?"), **backend.describe()}
+    except Exception as exc:  # a description must never cost an answer
+        return {"name": getattr(backend, "name", "?"), "describe_error": repr(exc)}
+
+
+class Solver:
+    """A synchronous front for `solve_async`, usable from any thread (gRPC workers included).
+
+    It owns one event loop in a background thread for its whole life, because an async engine
+    (vLLM's AsyncLLM) stays bound to the loop it started on.
+    """
+
+    def __init__(
+        self,
+        backend: Backend | Callable[[], Backend],
+        sandbox: Sandbox,
+        config: EngineConfig,
+        policy: AnswerPolicy = AIMO1_POLICY,
+        trace_writer: TraceWriter | None = None,
+        hang_grace_s: float = 5.0,
+    ) -> None:
+        self.sandbox = sandbox
+        self.hang_grace_s = hang_grace_s
+        self.config = config
+        self.policy = policy
+        self.trace_writer = trace_writer
+        self._executor = concurrent.futures.ThreadPoolExecutor(
+            2 * config.num_rollouts + 4, "sandbox-call"
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="engine-loop", daemon=True
+        )
+        self._thread.start()
+        self.backend: Backend = self._call(self._build(backend))
+
+    @staticmethod
+    async def _build(backend: Backend | Callable[[], Backend]) -> Backend:
+        return backend if isinstance(backend, Backend) else backend()
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def solve(
+        self,
+        problem: str,
+        deadline: float | None = None,
+        problem_id: str = "",
+        config: EngineConfig | None = None,
+    ) -> Solution:
+        """Solve one problem before `deadline` (time.monotonic); always returns a Solution.
+
+        A watchdog gives up `hang_grace_s` after the deadline even if the event loop itself is
+        stuck (a backend blocking it), so a hang costs one answer, not the run.
+        """
+        config = config or self.config
+        future = asyncio.run_coroutine_threadsafe(
+            solve_async(
+                problem,
+                backend=self.backend,
+                sandbox=self.sandbox,
+                config=config,
+                policy=self.policy,
+                deadline=deadline,
+                problem_id=problem_id,
+                executor=self._executor,
+            ),
+            self._loop,
+        )
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            solution = future.result(None if timeout is None else timeout + self.hang_grace_s)
+        except Exception as exc:
+            future.cancel()
+            reason = (
+                "the engine hung past the deadline"
+                if isinstance(exc, concurrent.futures.TimeoutError)
+                else f"{type(exc).__name__}: {exc}"
+            )
+            log.error("problem %s: %s; submitting the fallback", problem_id, reason)
+            solution = fallback_solution(problem, problem_id, config, self.policy, reason)
+        if self.trace_writer is not None:
+            try:
+                self.trace_writer.write(solution.trace)
+            except OSError:
+                log.exception("could not write the trace of %s", problem_id)
+        return solution
+
+    def close(self) -> None:
+        """Close the backend, stop the loop, and wait for sandbox calls to finish."""
+        if not self._loop.is_running():
+            return
+        try:
+            self._call(self.backend.aclose())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._executor.shutdown(wait=True)
+
+    def __enter__(self) -> Solver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,185 @@
+"""Named run configurations: hardware, model, engine, sandbox, answers and time, in one object.
+
+A preset is frozen; `with_overrides` returns a changed copy from dotted keys
+("engine.num_rollouts", "budget.total_s", "backend.max_model_len", "sandbox.timeout_s"), which is
+how the CLI's flags and preset files (JSON, as the tuner writes them) apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .answers import POLICIES, AnswerPolicy
+from .budget import BudgetConfig
+from .config import EngineConfig, override
+from .sandbox import SandboxConfig
+from .stopping import ConsensusStop
+
+COMPETITIONS = ("aimo1", "aimo2", "aimo3")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Attributes:
+    name, description: what it is for.
+    competition: which API adapter and answer range ("aimo1" | "aimo2" | "aimo3").
+    model: the weights_manifest.json entry the kernel loads ("demo" builds the demo model).
+    backend: "vllm" | "transformers" | "replay" | "scripted".
+    backend_options: keyword options of that backend (tensor parallel size, dtype, ...).
+    engine, sandbox, budget: the engine, code execution and time settings.
+    """
+
+    name: str
+    description: str
+    competition: str
+    model: str
+    backend: str
+    backend_options: Mapping[str, Any] = field(default_factory=dict)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+
+    def __post_init__(self) -> None:
+        if self.competition not in COMPETITIONS:
+            raise ValueError(f"preset {self.name}: competition must be one of {COMPETITIONS}")
+
+    @property
+    def policy(self) -> AnswerPolicy:
+        return POLICIES[self.competition]
+
+    def with_overrides(self, changes: Mapping[str, Any]) -> Preset:
+        """A copy with dotted keys replaced; unknown keys raise naming the key."""
+        top: dict[str, Any] = {}
+        nested: dict[str, dict[str, Any]] = {}
+        for key, value in changes.items():
+            head, _, rest = key.partition(".")
+            if rest:
+                nested.setdefault(head, {})[rest] = value
+            else:
+                top[key] = value
+        for head, values in nested.items():
+            if head == "backend":
+                top["backend_options"] = {**self.backend_options, **values}
+            elif head in ("engine", "sandbox", "budget"):
+                current = top.get(head, getattr(self, head))
+                if head == "engine" and "early_stop" in values:
+                    values = {**values, "early_stop": _early_stop(values["early_stop"])}
+                top[head] = override(current, **values)
+            else:
+                raise ValueError(f"unknown override section {head!r} in {key!r}")
+        return override(self, **top)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _early_stop(value: Any) -> ConsensusStop | None:
+    if value is None or isinstance(value, ConsensusStop):
+        return value
+    if isinstance(value, Mapping):
+        return ConsensusStop(**value)
+    raise ValueError(f"early_stop must be null or a mapping of ConsensusStop fields, not {value!r}")
+
+
+T4 = {"dtype": "float16", "attention_backend": "TRITON_ATTN"}
+
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            name="aimo1-t4x2",
+            description="AIMO-1 on Kaggle 2xT4: NuminaMath-7B-TIR GPTQ 8-bit, vLLM TP=2, 9 h/50",
+            competition="aimo1",
+            model="numinamath-7b-tir-gptq",
+            backend="vllm",
+            backend_options={
+                **T4,
+                "tensor_parallel_size": 2,
+                "quantization": "gptq",
+                "max_model_len": 4096,
+                "gpu_memory_utilization": 0.92,
+                "disable_custom_all_reduce": True,
+            },
+            engine=EngineConfig(num_rollouts=48, max_calls=4),
+            sandbox=SandboxConfig(max_concurrent=4),
+            budget=BudgetConfig(total_s=9 * 3600, num_problems=50),
+        ),
+        Preset(
+            name="aimo2-l4x4",
+            description="AIMO-2 on Kaggle 4xL4: same model, vLLM TP=4, 5 h/50",
+            competition="aimo2",
+            model="numinamath-7b-tir-gptq",
+            backend="vllm",
+            backend_options={
+                "tensor_parallel_size": 4,
+                "dtype": "float16",
+                "quantization": "gptq",
+                "max_model_len": 4096,
+                "gpu_memory_utilization": 0.92,
+            },
+            engine=EngineConfig(num_rollouts=64, max_calls=4),
+            sandbox=SandboxConfig(max_concurrent=8),
+            budget=BudgetConfig(total_s=5 * 3600, num_problems=50, cap_s=900.0),
+        ),
+        Preset(
+            name="aimo3-h100",
+            description="AIMO-3 on one H100 80 GB: answers to 99999, 5 h/50",
+            competition="aimo3",
+            model="numinamath-7b-tir-gptq",
+            backend="vllm",
+            backend_options={
+                "tensor_parallel_size": 1,
+                "dtype": "float16",
+                "quantization": "gptq",
+                "max_model_len": 4096,
+                "gpu_memory_utilization": 0.92,
+            },
+            engine=EngineConfig(num_rollouts=64, max_calls=4),
+            sandbox=SandboxConfig(max_concurrent=16),
+            budget=BudgetConfig(total_s=5 * 3600, num_problems=50, cap_s=900.0),
+        ),
+        Preset(
+            name="demo-cpu",
+            description="Any laptop: the tiny DEMO model on CPU, small N and M, minutes not hours",
+            competition="aimo1",
+            model="demo",
+            backend="transformers",
+            backend_options={"dtype": "float32"},
+            engine=EngineConfig(num_rollouts=8, max_calls=3, max_tokens_per_call=96),
+            sandbox=SandboxConfig(timeout_s=5.0),
+            budget=BudgetConfig(
+                total_s=1800,
+                num_problems=20,
+                startup_reserve_s=120,
+                safety_s=10,
+                floor_s=5,
+                cap_s=60,
+                margin_s=0.5,
+            ),
+        ),
+    )
+}
+
+
+def get_preset(name_or_path: str) -> Preset:
+    """A preset by name, or from a JSON file `{"base": name, "overrides": {dotted: value}}`."""
+    if name_or_path in PRESETS:
+        return PRESETS[name_or_path]
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise ValueError(
+            f"unknown preset {name_or_path!r}: choose one of {sorted(PRESETS)} or a file"
+        )
+    try:
+        data = json.loads(path.read_text())
+        base = PRESETS[data["base"]]
+        preset = base.with_overrides(data.get("overrides", {}))
+    except (KeyError, json.JSONDecodeError, ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: not a valid preset file ({exc})") from exc
+    name = data.get("name", path.stem)
+    return override(preset, name=name, description=data.get("description", preset.description))

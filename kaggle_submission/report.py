@@ -1,0 +1,226 @@
+"""Dry-run reports, computed from the traces only (the same records the tuner reads).
+
+summary.json holds every figure; report.md shows them with PNG plots (matplotlib, imported only
+here). Definitions, per problem with a known answer:
+- maj@N: the voted answer is right (the competition's score).
+- pass@N: some rollout's answer is right (what a perfect vote could reach).
+- single-sample: the share of the N rollouts whose own answer is right (one sample's accuracy).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from .traces import ExecutionSegment, SolveTrace
+
+
+@dataclass(frozen=True)
+class ProblemStats:
+    """One problem's figures."""
+
+    problem_id: str
+    truth: int | None
+    answer: int
+    correct: bool | None
+    pass_at_n: bool | None
+    single_sample: float | None
+    n_rollouts: int
+    n_answered: int
+    margin: float
+    stop_reason: str
+    seconds: float
+    budget_s: float | None
+    restarts: int
+    pruned: int
+    executions: int
+    code_errors: int
+    timeouts: int
+    tokens: int
+
+
+def problem_stats(trace: SolveTrace, truth: int | None) -> ProblemStats:
+    answers = [r.answer for r in trace.rollouts if r.status == "answered"]
+    executions = [s for r in trace.rollouts for s in r.segments if isinstance(s, ExecutionSegment)]
+    n = len(trace.rollouts) or 1
+    known = truth is not None
+    return ProblemStats(
+        problem_id=trace.problem_id,
+        truth=truth,
+        answer=trace.answer,
+        correct=trace.answer == truth if known else None,
+        pass_at_n=truth in answers if known else None,
+        single_sample=sum(a == truth for a in answers) / n if known else None,
+        n_rollouts=len(trace.rollouts),
+        n_answered=len(answers),
+        margin=trace.vote.margin,
+        stop_reason=trace.stop_reason,
+        seconds=trace.seconds,
+        budget_s=trace.budget_s,
+        restarts=sum(r.restarts for r in trace.rollouts),
+        pruned=sum(r.status == "pruned" for r in trace.rollouts),
+        executions=len(executions),
+        code_errors=sum(not s.ok for s in executions),
+        timeouts=sum(s.timed_out for s in executions),
+        tokens=sum(r.completion_tokens for r in trace.rollouts),
+    )
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def summarize(
+    traces: Sequence[SolveTrace], truths: Mapping[str, int | None], extra: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Every figure of the run as a JSON-ready dict."""
+    stats = [problem_stats(t, truths.get(t.problem_id)) for t in traces]
+    scored = [s for s in stats if s.truth is not None]
+    executions = sum(s.executions for s in stats)
+    overruns = [s.seconds - s.budget_s for s in stats if s.budget_s is not None]
+    return {
+        **extra,
+        "problems": len(stats),
+        "scored": len(scored),
+        "correct": sum(bool(s.correct) for s in scored),
+        "accuracy": _mean([float(bool(s.correct)) for s in scored]),
+        "maj_at_n": _mean([float(bool(s.correct)) for s in scored]),
+        "pass_at_n": _mean([float(bool(s.pass_at_n)) for s in scored]),
+        "single_sample": _mean([s.single_sample or 0.0 for s in scored]),
+        "seconds_total": sum(s.seconds for s in stats),
+        "seconds_mean": _mean([s.seconds for s in stats]),
+        "max_overrun_s": max(overruns) if overruns else None,
+        "stop_reasons": {
+            r: sum(s.stop_reason == r for s in stats)
+            for r in sorted({s.stop_reason for s in stats})
+        },
+        "restarts": sum(s.restarts for s in stats),
+        "pruned": sum(s.pruned for s in stats),
+        "executions": executions,
+        "code_error_rate": sum(s.code_errors for s in stats) / executions if executions else None,
+        "code_timeouts": sum(s.timeouts for s in stats),
+        "tokens_generated": sum(s.tokens for s in stats),
+        "per_problem": [asdict(s) for s in stats],
+    }
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def write_report(summary: Mapping[str, Any], out_dir: str | Path) -> Path:
+    """summary.json, report.md and the plots; returns the report's path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    plots = _plots(summary, out)
+    per = summary["per_problem"]
+    lines = [
+        f"# Dry run: {summary.get('data', '')}",
+        "",
+        f"{summary.get('banner', '')}",
+        "",
+        f"- preset `{summary.get('preset')}`, backend `{summary.get('backend')}`, "
+        f"model `{summary.get('model')}`",
+        f"- problems {summary['problems']}, scored {summary['scored']}, "
+        f"correct {summary['correct']}",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
+    for key in (
+        "accuracy",
+        "maj_at_n",
+        "pass_at_n",
+        "single_sample",
+        "seconds_total",
+        "seconds_mean",
+        "max_overrun_s",
+        "restarts",
+        "pruned",
+        "executions",
+        "code_error_rate",
+        "code_timeouts",
+        "tokens_generated",
+    ):
+        lines.append(f"| {key} | {_fmt(summary.get(key))} |")
+    lines += ["", f"Stop reasons: {summary['stop_reasons']}", ""]
+    lines += [f"![{name}]({name})" for name in plots]
+    lines += [
+        "",
+        "| problem | truth | answer | ok | pass@N | single | answered | margin | s | budget s | "
+        "stop |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in per:
+        lines.append(
+            f"| {s['problem_id']} | {_fmt(s['truth'])} | {s['answer']} | {_fmt(s['correct'])} | "
+            f"{_fmt(s['pass_at_n'])} | {_fmt(s['single_sample'])} | {s['n_answered']}/"
+            f"{s['n_rollouts']} | {_fmt(s['margin'])} | {s['seconds']:.1f} | "
+            f"{_fmt(s['budget_s'])} | {s['stop_reason']} |"
+        )
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _plots(summary: Mapping[str, Any], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    per = summary["per_problem"]
+    names = []
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    labels = ["single-sample", "maj@N", "pass@N"]
+    values = [
+        summary.get("single_sample") or 0,
+        summary.get("maj_at_n") or 0,
+        summary.get("pass_at_n") or 0,
+    ]
+    ax.bar(labels, values, color=["#999", "#2a6", "#36c"])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title("Accuracy: one sample, the vote, and the best possible vote")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy.png", dpi=100)
+    plt.close(fig)
+    names.append("accuracy.png")
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    xs = range(len(per))
+    ax.bar(xs, [s["seconds"] for s in per], label="used", color="#36c")
+    budgets = [s["budget_s"] for s in per]
+    if any(b is not None for b in budgets):
+        ax.plot(
+            xs, [b if b is not None else float("nan") for b in budgets], "r_", ms=14, label="budget"
+        )
+    ax.set_xlabel("problem (served order)")
+    ax.set_ylabel("seconds")
+    ax.set_title("Time per problem against its budget")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "time.png", dpi=100)
+    plt.close(fig)
+    names.append("time.png")
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    shares = [s["margin"] / max(1, s["n_rollouts"]) for s in per]
+    colors = ["#2a6" if s["correct"] else "#c33" if s["correct"] is False else "#999" for s in per]
+    ax.scatter(range(len(per)), shares, c=colors)
+    ax.set_xlabel("problem (served order)")
+    ax.set_ylabel("vote margin / N")
+    ax.set_title("Vote margins (green right, red wrong)")
+    fig.tight_layout()
+    fig.savefig(out / "margins.png", dpi=100)
+    plt.close(fig)
+    names.append("margins.png")
+    return names

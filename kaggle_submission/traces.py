@@ -1,0 +1,191 @@
+"""The trace schema: one JSONL record per solved problem, written by the engine.
+
+Dry-run reports, the replay backend and the budget tuner all read these records, so the schema
+lives here only. A record (schema version 1) is a `SolveTrace` as JSON:
+
+- problem_id, problem, prompt (the first prompt of every rollout), answer (int, always set),
+  stop_reason ("finished" | "early_stop" | "deadline" | "error"), error (str | None)
+- started_at (UNIX time), budget_s (deadline minus start, None without deadline), seconds (wall)
+- config (the engine config as a dict), backend (what the backend says of itself)
+- vote: counts (answer -> weight, keys as strings in JSON), n_valid, n_total, margin,
+  used_fallback
+- rollouts: list of RolloutTrace:
+  index, status ("answered" | "pruned" | "no_answer" | "exhausted" | "cancelled" | "error"),
+  answer (int | None), restarts, executed (blocks run), code_errors, seconds, segments
+- segments: in order, each either a generation
+  {"kind": "generation", "call", "attempt", "text", "finish_reason", "stop", "prompt_tokens",
+  "completion_tokens", "started", "seconds", "error"}
+  or an execution
+  {"kind": "execution", "call", "attempt", "code", "output", "appended", "ok", "timed_out",
+  "reset", "started", "seconds", "queued_seconds"}
+  where `started` is seconds since the solve began and `appended` is the exact text added to the
+  context after the kept stop string.
+
+A rollout's context is its prompt followed by, for the current attempt, each generation's text
+and each execution's `appended` text; a restart begins a new attempt from the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+SCHEMA_VERSION = 1
+
+RolloutStatus = Literal["answered", "pruned", "no_answer", "exhausted", "cancelled", "error"]
+StopReason = Literal["finished", "early_stop", "deadline", "error"]
+
+
+@dataclass
+class GenerationSegment:
+    """One backend call of a rollout."""
+
+    call: int
+    attempt: int
+    text: str
+    finish_reason: str
+    stop: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    started: float
+    seconds: float
+    error: str | None = None
+    kind: Literal["generation"] = "generation"
+
+
+@dataclass
+class ExecutionSegment:
+    """One code block run in the rollout's sandbox session."""
+
+    call: int
+    attempt: int
+    code: str
+    output: str
+    appended: str
+    ok: bool
+    timed_out: bool
+    reset: bool
+    started: float
+    seconds: float
+    queued_seconds: float
+    kind: Literal["execution"] = "execution"
+
+
+Segment = GenerationSegment | ExecutionSegment
+
+
+@dataclass
+class RolloutTrace:
+    """Everything one rollout did, in order."""
+
+    index: int
+    status: RolloutStatus = "cancelled"
+    answer: int | None = None
+    restarts: int = 0
+    executed: int = 0
+    code_errors: int = 0
+    seconds: float = 0.0
+    segments: list[Segment] = field(default_factory=list)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(s.completion_tokens for s in self.segments if isinstance(s, GenerationSegment))
+
+
+@dataclass
+class VoteTrace:
+    """The vote as recorded (counts keyed by answer)."""
+
+    counts: dict[int, float]
+    n_valid: int
+    n_total: int
+    margin: float
+    used_fallback: bool
+
+
+@dataclass
+class SolveTrace:
+    """One problem's record."""
+
+    problem_id: str
+    problem: str
+    prompt: str
+    answer: int
+    stop_reason: StopReason
+    started_at: float
+    seconds: float
+    budget_s: float | None
+    config: dict[str, Any]
+    backend: dict[str, Any]
+    vote: VoteTrace
+    rollouts: list[RolloutTrace]
+    error: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SolveTrace:
+        """Rebuild a record; raises ValueError naming what is wrong."""
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"trace schema_version {version!r}, this kit reads {SCHEMA_VERSION}")
+        try:
+            vote = data["vote"]
+            rollouts = [
+                RolloutTrace(
+                    **{k: v for k, v in r.items() if k != "segments"},
+                    segments=[_segment(s) for s in r["segments"]],
+                )
+                for r in data["rollouts"]
+            ]
+            return cls(
+                **{k: v for k, v in data.items() if k not in ("vote", "rollouts")},
+                vote=VoteTrace(
+                    **{**vote, "counts": {int(k): v for k, v in vote["counts"].items()}}
+                ),
+                rollouts=rollouts,
+            )
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"malformed trace record: {exc}") from exc
+
+
+def _segment(data: dict[str, Any]) -> Segment:
+    kind = data.get("kind")
+    if kind == "generation":
+        return GenerationSegment(**data)
+    if kind == "execution":
+        return ExecutionSegment(**data)
+    raise ValueError(f"unknown segment kind {kind!r}")
+
+
+class TraceWriter:
+    """Appends records to a JSONL file; safe from several threads, flushed per record."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def write(self, trace: SolveTrace) -> None:
+        line = trace.to_json() + "\n"
+        with self._lock, self.path.open("a", encoding="utf-8") as fh:
+            fh.write(line)
+
+
+def read_traces(path: str | Path) -> Iterator[SolveTrace]:
+    """Yield the records of a JSONL trace file; errors name the file and line."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield SolveTrace.from_dict(json.loads(line))
+            except (ValueError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{path}:{lineno}: {exc}") from exc

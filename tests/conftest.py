@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny models built offline once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Llama with a trained byte-level BPE and a chat template, saved to disk."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("tiny_llama"))
+
+
+@pytest.fixture(scope="session")
+def scripted_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny Llama whose greedy continuation of "### Solution: " is `DEFAULT_SCRIPT` then EOS."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tiny_models import DEFAULT_SCRIPT, build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("scripted_llama"), script=DEFAULT_SCRIPT)
+
+
+@pytest.fixture(scope="session")
+def peaked_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random tiny Llama with large weights: position-sensitive greedy text (batching checks)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tiny_models import build_tiny_llama
+
+    return build_tiny_llama(tmp_path_factory.mktemp("peaked_llama"), init_std=0.3)
