@@ -66,6 +66,16 @@ def cmd_presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from .capacity import ModelShape, report
+    from .presets import PRESETS
+
+    shape = ModelShape.from_dir(args.model) if args.model else None
+    names = [args.preset] if args.preset else [p for p in PRESETS if PRESETS[p].hardware != "cpu"]
+    print("\n\n".join(report(name, shape, args.bits) for name in names))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kaggle_submission", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -101,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     presets = sub.add_parser("presets", help="list presets, or show one as JSON")
     presets.add_argument("name", nargs="?")
     presets.set_defaults(func=cmd_presets)
+
+    capacity = sub.add_parser("capacity", help="KV cache capacity per preset and layout")
+    capacity.add_argument("--preset", help="one preset (default: every GPU preset)")
+    capacity.add_argument("--model", help="model directory whose config.json to use")
+    capacity.add_argument("--bits", type=int, help="weight bits (default from the preset)")
+    capacity.set_defaults(func=cmd_capacity)
     return parser
 
 

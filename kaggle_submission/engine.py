@@ -168,6 +168,7 @@ class _ProblemRun:
             )
             if completion.finish_reason in ("error", "abort"):
                 trace.status = "error"
+                trace.error = completion.error or completion.finish_reason
                 return
             text = completion.text
             attempt_text += text
@@ -294,6 +295,7 @@ async def solve_async(
                 exc = None if task.cancelled() else task.exception()
                 if task.cancelled() or exc is not None:
                     trace.status = "error"
+                    trace.error = repr(exc) if exc is not None else "cancelled"
                     log.warning("rollout %d of %s failed: %r", trace.index, problem_id, exc)
                 finished.append(trace)
             rule = config.early_stop
@@ -402,19 +404,35 @@ class Solver:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             2 * config.num_rollouts + 4, "sandbox-call"
         )
+        self._start_loop()
+        self.backend: Backend = self._call(self._build(backend))
+
+    def _start_loop(self) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="engine-loop", daemon=True
         )
         self._thread.start()
-        self.backend: Backend = self._call(self._build(backend))
 
     @staticmethod
     async def _build(backend: Backend | Callable[[], Backend]) -> Backend:
         return backend if isinstance(backend, Backend) else backend()
 
-    def _call(self, coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    def responsive(self, timeout: float = 1.0) -> bool:
+        """Whether the event loop still runs callbacks (a backend may have blocked it)."""
+        try:
+            self._call(asyncio.sleep(0), timeout)
+            return True
+        except concurrent.futures.TimeoutError:
+            return False
 
     def solve(
         self,
@@ -461,16 +479,36 @@ class Solver:
                 log.exception("could not write the trace of %s", problem_id)
         return solution
 
+    def rebuild(self, backend: Backend | Callable[[], Backend]) -> None:
+        """Replace a broken backend (engine error, out of memory, hang): close it, build anew.
+
+        A loop that a hung backend blocks is abandoned (its daemon thread is left to the hang)
+        and the new backend gets a new loop.
+        """
+        if self.responsive():
+            self._close_backend()
+        else:
+            log.error("the engine's event loop is stuck; moving to a new one")
+            self._start_loop()
+        self.backend = self._call(self._build(backend))
+
+    def _close_backend(self, timeout: float = 60.0) -> None:
+        try:
+            self._call(self.backend.aclose(), timeout)
+        except Exception:  # a dead engine may fail to close; go on
+            log.exception("closing the backend failed")
+
     def close(self) -> None:
         """Close the backend, stop the loop, and wait for sandbox calls to finish."""
         if not self._loop.is_running():
             return
         try:
-            self._call(self.backend.aclose())
+            if self.responsive():
+                self._close_backend()
         finally:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> Solver:
         return self

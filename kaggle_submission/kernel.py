@@ -11,11 +11,13 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .backends.base import Backend, create_backend
 from .budget import Budget
+from .config import override
 from .engine import Solution, Solver
 from .presets import Preset
 from .sandbox import Sandbox
@@ -76,7 +78,7 @@ class Kernel:
         self,
         preset: Preset,
         model_dir: str | Path | None = None,
-        backend: Backend | None = None,
+        backend: Backend | Callable[[], Backend] | None = None,
         trace_path: str | Path | None = None,
         run_started: float | None = None,
     ) -> None:
@@ -89,6 +91,9 @@ class Kernel:
         self.solver: Solver | None = None
         self.model_path: Path | None = None
         self.solutions: list[Solution] = []
+        self.engine_config = preset.engine
+        self.rebuilds = 0
+        self._factory: Any = None
 
     def start(self) -> Kernel:
         """Sandbox, then weights, then engine; records the start-up time in the budget."""
@@ -96,6 +101,8 @@ class Kernel:
         self.sandbox.start()
         if self._backend is not None:
             backend: Any = self._backend
+            if not isinstance(backend, Backend):
+                self._factory = backend
         else:
             self.model_path = resolve_model(self.preset, self.model_dir)
             options = backend_options(
@@ -106,8 +113,14 @@ class Kernel:
             def backend() -> Backend:
                 return create_backend(name, **options)
 
+            self._factory = backend
         self.solver = Solver(
-            backend, self.sandbox, self.preset.engine, self.preset.policy, self.trace_writer
+            backend,
+            self.sandbox,
+            self.preset.engine,
+            self.preset.policy,
+            self.trace_writer,
+            hang_grace_s=self.preset.budget.margin_s,
         )
         self.budget.started()
         log.info("kernel started in %.1f s: %s", time.monotonic() - t0, self.describe())
@@ -127,14 +140,34 @@ class Kernel:
             if allocation.seconds <= 0:
                 log.warning("no time left for %s: submitting the fallback", problem_id)
                 return fallback
-            solution = self.solver.solve(problem, allocation.deadline, problem_id)
+            solution = self.solver.solve(
+                problem, allocation.deadline, problem_id, self.engine_config
+            )
             self.solutions.append(solution)
+            if solution.stop_reason == "error":
+                self._recover(solution)
             return solution.answer
         except Exception:
             log.exception("problem %s failed; submitting the fallback %d", problem_id, fallback)
             return fallback
         finally:
             self.budget.finish()
+
+    def _recover(self, solution: Solution) -> None:
+        """After an engine failure: halve N on out-of-memory, rebuild the engine, go on."""
+        errors = [r.error or "" for r in solution.trace.rollouts] + [solution.error or ""]
+        if any("out of memory" in e.lower() for e in errors):
+            n = max(1, self.engine_config.num_rollouts // 2)
+            log.warning("out of memory: N %d -> %d", self.engine_config.num_rollouts, n)
+            self.engine_config = override(self.engine_config, num_rollouts=n)
+        if self._factory is None or self.solver is None:
+            return
+        log.warning("engine failed (%s); rebuilding it", solution.error)
+        try:
+            self.solver.rebuild(self._factory)
+            self.rebuilds += 1
+        except Exception:  # keep answering with what we have
+            log.exception("rebuilding the engine failed")
 
     def close(self) -> None:
         try:

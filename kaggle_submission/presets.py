@@ -30,6 +30,7 @@ class Preset:
     competition: which API adapter and answer range ("aimo1" | "aimo2" | "aimo3").
     model: the weights_manifest.json entry the kernel loads ("demo" builds the demo model).
     backend: "vllm" | "transformers" | "replay" | "scripted".
+    hardware: the machine it is sized for, "<gpu>x<count>" ("t4x2") or "cpu" (capacity.py).
     backend_options: keyword options of that backend (tensor parallel size, dtype, ...).
     engine, sandbox, budget: the engine, code execution and time settings.
     """
@@ -39,6 +40,7 @@ class Preset:
     competition: str
     model: str
     backend: str
+    hardware: str = "cpu"
     backend_options: Mapping[str, Any] = field(default_factory=dict)
     engine: EngineConfig = field(default_factory=EngineConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
@@ -97,6 +99,7 @@ PRESETS: dict[str, Preset] = {
             competition="aimo1",
             model="numinamath-7b-tir-gptq",
             backend="vllm",
+            hardware="t4x2",
             backend_options={
                 **T4,
                 "tensor_parallel_size": 2,
@@ -115,6 +118,7 @@ PRESETS: dict[str, Preset] = {
             competition="aimo2",
             model="numinamath-7b-tir-gptq",
             backend="vllm",
+            hardware="l4x4",
             backend_options={
                 "tensor_parallel_size": 4,
                 "dtype": "float16",
@@ -132,6 +136,7 @@ PRESETS: dict[str, Preset] = {
             competition="aimo3",
             model="numinamath-7b-tir-gptq",
             backend="vllm",
+            hardware="h100x1",
             backend_options={
                 "tensor_parallel_size": 1,
                 "dtype": "float16",

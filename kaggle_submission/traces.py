@@ -11,7 +11,8 @@ lives here only. A record (schema version 1) is a `SolveTrace` as JSON:
   used_fallback
 - rollouts: list of RolloutTrace:
   index, status ("answered" | "pruned" | "no_answer" | "exhausted" | "cancelled" | "error"),
-  answer (int | None), restarts, executed (blocks run), code_errors, seconds, segments
+  answer (int | None), restarts, executed (blocks run), code_errors, seconds, segments,
+  error (what the backend raised, when status is "error")
 - segments: in order, each either a generation
   {"kind": "generation", "call", "attempt", "text", "finish_reason", "stop", "prompt_tokens",
   "completion_tokens", "started", "seconds", "error"}
@@ -90,6 +91,7 @@ class RolloutTrace:
     code_errors: int = 0
     seconds: float = 0.0
     segments: list[Segment] = field(default_factory=list)
+    error: str | None = None
 
     @property
     def completion_tokens(self) -> int:

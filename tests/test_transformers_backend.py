@@ -59,6 +59,15 @@ def run(coro):
     return asyncio.run(coro)
 
 
+async def steps_pass(backend, n: int, timeout: float = 20.0) -> None:
+    """Wait until the worker has decoded `n` more steps (a request is mid-decoding)."""
+    target = backend.stats["steps"] + n
+    deadline = time.monotonic() + timeout
+    while backend.stats["steps"] < target:
+        assert time.monotonic() < deadline, "the worker made no progress"
+        await asyncio.sleep(0.002)
+
+
 def prompt_for(backend, problem: str = PROBLEM) -> str:
     return format_prompt(problem, backend.chat_template)
 
@@ -218,9 +227,7 @@ def test_padding_joining_and_chunked_prefill_match_model_generate(peaked, peaked
         long = asyncio.create_task(
             peaked.generate(request(prompts[0], "long", temperature=0.0, max_tokens=80))
         )
-        start = peaked.stats["steps"]
-        while peaked.stats["steps"] < start + 3:
-            await asyncio.sleep(0.002)
+        await steps_pass(peaked, 3)
         late = []
         for r in reqs:
             late.append(asyncio.create_task(peaked.generate(r)))
@@ -251,9 +258,7 @@ def test_cancel_in_flight_request(random_backend):
         victim = asyncio.create_task(
             random_backend.generate(request(prompt, "victim", temperature=0.0, max_tokens=900))
         )
-        start = random_backend.stats["steps"]
-        while random_backend.stats["steps"] < start + 3:
-            await asyncio.sleep(0.002)
+        await steps_pass(random_backend, 3)
         others = [
             asyncio.create_task(
                 random_backend.generate(request(prompt, f"o{i}", temperature=1.0, max_tokens=12))
@@ -390,9 +395,7 @@ def test_cuda_auto_placement_text_batching_and_cancel(scripted_model_dir, tiny_m
             victim = asyncio.create_task(
                 random_gpu.generate(request(prompt, "v", temperature=0.0, max_tokens=900))
             )
-            start = random_gpu.stats["steps"]
-            while random_gpu.stats["steps"] < start + 3:
-                await asyncio.sleep(0.002)
+            await steps_pass(random_gpu, 3)
             victim.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await victim
