@@ -416,7 +416,12 @@ class Solver:
 
     @staticmethod
     async def _build(backend: Backend | Callable[[], Backend]) -> Backend:
-        return backend if isinstance(backend, Backend) else backend()
+        """The backend, started: a model load belongs to start-up, not to the first problem."""
+        built = backend if isinstance(backend, Backend) else backend()
+        start = getattr(built, "start", None)
+        if start is not None:
+            await start()
+        return built
 
     def _call(self, coro: Any, timeout: float | None = None) -> Any:
         future = asyncio.run_coroutine_threadsafe(coro, self._loop)

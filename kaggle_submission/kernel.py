@@ -87,7 +87,9 @@ class Kernel:
         self._backend = backend
         self.trace_writer = TraceWriter(trace_path) if trace_path else None
         self.budget = Budget(preset.budget, run_started=run_started)
-        self.sandbox = Sandbox(preset.sandbox)
+        # N interpreters forked ahead between problems: a rollout's first block never waits
+        spares = max(preset.sandbox.spare_workers, preset.engine.num_rollouts)
+        self.sandbox = Sandbox(override(preset.sandbox, spare_workers=spares))
         self.solver: Solver | None = None
         self.model_path: Path | None = None
         self.solutions: list[Solution] = []

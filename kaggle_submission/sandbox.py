@@ -40,6 +40,7 @@ Example::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import json
@@ -120,6 +121,9 @@ class SandboxConfig:
         tmp_root: parent directory of the private working directories (None: system default).
         start_timeout_s: how long the template may take to import and run the prelude.
         max_replay_s: total time a replay after a reset may take; beyond it state is lost.
+        spare_workers: persistent workers forked ahead of time by a background thread, so a new
+            session adopts a ready interpreter instead of waiting on a fork (the kernel keeps
+            N ready between problems). 0 forks on demand.
     """
 
     mode: Literal["persistent", "isolated"] = "persistent"
@@ -138,6 +142,7 @@ class SandboxConfig:
     tmp_root: str | None = None
     start_timeout_s: float = 120.0
     max_replay_s: float = 30.0
+    spare_workers: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in ("persistent", "isolated"):
@@ -376,6 +381,16 @@ def kill_marked_processes(marker: str) -> None:
         if not found:
             return
         time.sleep(0.005)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process exists and is not a zombie (a spare may have been killed meanwhile)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            state = fh.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != b"Z"
 
 
 def _cuda_initialized() -> bool:
@@ -665,6 +680,9 @@ class _Core:
         self.launcher: _Launcher | None = None
         self.started = False
         self.closed = False
+        self.spares: collections.deque[_WorkerProcess] = collections.deque()
+        self.refill = threading.Event()
+        self.refiller: threading.Thread | None = None
 
     # -- template -----------------------------------------------------------------------------
 
@@ -685,6 +703,40 @@ class _Core:
             self.launcher = _Launcher()
             self.template = self._launch()
             self.started = True
+            if self.config.spare_workers > 0 and self.config.mode == "persistent":
+                self.refiller = threading.Thread(
+                    target=self._refill_spares, name="sandbox-spares", daemon=True
+                )
+                self.refiller.start()
+                self.refill.set()
+
+    def take(self) -> _WorkerProcess:
+        """A ready worker: a spare forked ahead of time if one is alive, else a fresh fork."""
+        while True:
+            with self.lock:
+                worker = self.spares.popleft() if self.spares else None
+            if worker is None:
+                return self.spawn()
+            self.refill.set()
+            if _pid_alive(worker.pid):
+                return worker
+            self.discard(worker)
+
+    def _refill_spares(self) -> None:
+        """Keep `spare_workers` forked workers ready; runs until the sandbox closes."""
+        while not self.closed:
+            self.refill.wait()
+            self.refill.clear()
+            while not self.closed and len(self.spares) < self.config.spare_workers:
+                try:
+                    worker = self.spawn()
+                except Exception:  # the template may be restarting; try on the next request
+                    time.sleep(0.5)
+                    break
+                with self.lock:
+                    if self.closed:
+                        break
+                    self.spares.append(worker)
 
     def _launch(self) -> _TemplateProcess:
         """Start a template on the launcher thread and wait until it has run the prelude."""
@@ -823,6 +875,8 @@ class _Core:
             if self.closed:
                 return
             self.closed = True
+            self.refill.set()
+            self.spares.clear()
             workers = list(self.workers.values())
             self.workers.clear()
             template, self.template = self.template, None
@@ -894,7 +948,7 @@ class Session:
         # A session dropped without close() still kills its worker when garbage-collected.
         self._finalizer = weakref.finalize(self, _release_worker, core, self._holder)
         if self._config.mode == "persistent":
-            self._adopt(core.spawn())
+            self._adopt(core.take())
 
     @property
     def _worker(self) -> _WorkerProcess | None:

@@ -605,3 +605,29 @@ def test_close_during_a_running_block(sandbox: Sandbox) -> None:
     assert s.pid is None
     with pytest.raises(RuntimeError):
         s.run("print(1)")
+
+
+def test_spare_workers_are_ready_and_cleaned_up():
+    """Sessions adopt pre-forked interpreters; closing the sandbox kills the spares too."""
+    import psutil
+
+    box = Sandbox(SandboxConfig(spare_workers=3, timeout_s=2.0)).start()
+    try:
+        deadline = time.monotonic() + 20
+        while len(box._core.spares) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        spare_pids = {w.pid for w in box._core.spares}
+        assert len(spare_pids) == 3
+        session = box.session()
+        assert session.pid in spare_pids
+        assert session.run("x = 6 * 7\nx").output == "42\n"
+        os.kill(next(iter(spare_pids - {session.pid})), 9)  # a spare that died is skipped
+        time.sleep(0.2)
+        other = box.session()
+        assert other.run("print('ok')").output == "ok\n"
+        template = box.template_pid
+    finally:
+        box.close()
+    descendants = [p for p in psutil.process_iter(["pid"]) if p.info["pid"] in spare_pids]
+    assert descendants == []
+    assert template is not None and not psutil.pid_exists(template)
