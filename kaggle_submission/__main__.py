@@ -40,6 +40,26 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
         changes["engine.num_rollouts"] = args.n
     if args.m is not None:
         changes["engine.max_calls"] = args.m
+    if args.servers or args.concurrency is not None or args.resume is not None:
+        from .sharded import ShardedOptions, run_sharded
+
+        result = run_sharded(
+            ShardedOptions(
+                data=args.data,
+                preset=args.preset,
+                out_dir=Path(args.out),
+                limit=args.limit,
+                shuffle_seed=None if args.shuffle_seed < 0 else args.shuffle_seed,
+                model=args.model,
+                backend=args.backend,
+                overrides=changes,
+                servers=args.servers,
+                concurrency=args.concurrency or 4,
+                resume=args.resume is not False,
+                problem_cap_s=args.problem_cap,
+            )
+        )
+        return 1 if result.missing else 0
     options = DryRunOptions(
         data=args.data,
         preset=args.preset,
@@ -106,21 +126,45 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="preset override, e.g. engine.temperature=0.6 (repeatable)",
     )
+    dry.add_argument(
+        "--servers",
+        help="OpenAI-compatible server URLs, comma-separated: a "
+        "sharded, resumable dry run over them",
+    )
+    dry.add_argument("--concurrency", type=int, help="problems at once (sharded; default 4)")
+    dry.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="skip problems already in OUT/traces.jsonl (sharded; default on)",
+    )
+    dry.add_argument("--problem-cap", type=float, help="seconds per problem (sharded)")
     dry.set_defaults(func=cmd_dry_run)
 
     presets = sub.add_parser("presets", help="list presets, or show one as JSON")
     presets.add_argument("name", nargs="?")
     presets.set_defaults(func=cmd_presets)
 
+    sub.add_parser("manifest", help="weights manifest: fill | verify | show (see manifest.py)")
+
     capacity = sub.add_parser("capacity", help="KV cache capacity per preset and layout")
     capacity.add_argument("--preset", help="one preset (default: every GPU preset)")
     capacity.add_argument("--model", help="model directory whose config.json to use")
     capacity.add_argument("--bits", type=int, help="weight bits (default from the preset)")
     capacity.set_defaults(func=cmd_capacity)
+
+    from .tune import add_tune_parser
+
+    add_tune_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["manifest"]:
+        from .manifest import main as manifest_main
+
+        return manifest_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -128,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

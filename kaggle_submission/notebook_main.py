@@ -1,0 +1,447 @@
+"""What the built Kaggle notebook calls: the offline install and the whole run, in two functions.
+
+Start-up order (ARCHITECTURE.md, "Start-up order inside the Kaggle notebook"):
+
+1. `install_requirements` (the install cell): the kit's requirements from the attached wheels
+   dataset, `pip install --no-index --find-links`, before anything imports them;
+2. `main` (the run cell): the kernel's sandbox template (forked before any CUDA context exists)
+   -> the weights, found under the input mounts through the weights manifest and size-checked
+   -> the engine (CUDA) -> the competition's adapter (AIMO-1's `aimo` env loop, AIMO-2/3's
+   kaggle_evaluation server) -> one `Kernel.answer` per problem.
+
+Off Kaggle (no /kaggle/input) `main` serves the kit's own local gateway on a CSV instead and writes
+the submission file in the competition's format, so the built notebook runs anywhere (tests execute
+it on CPU with a tiny model). Paths can be redirected with environment variables (`ENV`), which is
+how a test points the kernel at a fake input tree.
+
+Standard library only at import: the install cell imports this module before the wheels are in.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .kernel import Kernel
+    from .presets import Preset
+
+log = logging.getLogger(__name__)
+
+KAGGLE_INPUT = Path("/kaggle/input")
+"""Its presence is what "on Kaggle" means (the input mount exists in every Kaggle session)."""
+
+COMPETITION_SLUGS: dict[str, str] = {
+    "aimo1": "ai-mathematical-olympiad-prize",
+    "aimo2": "ai-mathematical-olympiad-progress-prize-2",
+    "aimo3": "ai-mathematical-olympiad-progress-prize-3",
+}
+"""Kaggle competition slugs: kernel-metadata.json's competition_sources and the data mount."""
+
+ENV: dict[str, str] = {
+    "KAGGLE_INPUT_ROOT": "input root(s) to search instead of /kaggle/input (os.pathsep-separated)",
+    "AIMO_MODE": "kaggle | local | auto (default: kaggle when /kaggle/input exists)",
+    "AIMO_MANIFEST": "weights manifest to use instead of the kit's weights_manifest.json",
+    "AIMO_MODEL_DIR": "weights directory to use instead of searching the input roots",
+    "AIMO_CHECK_HASHES": "1: also compare sha256 of every weights file (minutes for 8 GB)",
+    "AIMO_LOCAL_CSV": "local mode: the CSV (id, problem[, answer]) the local gateway serves",
+    "AIMO_OUT_DIR": "where the submission file and traces.jsonl go (default: the working dir)",
+}
+"""Every environment variable this module reads, with what it does."""
+
+MODES = ("auto", "kaggle", "local")
+
+
+# ------------------------------------------------------------------------------ where things are
+
+
+def on_kaggle() -> bool:
+    """True inside a Kaggle session (interactive, batch or the hidden competition rerun)."""
+    return KAGGLE_INPUT.is_dir()
+
+
+def run_mode(mode: str | None = None) -> str:
+    """ "kaggle" or "local": the argument, else $AIMO_MODE, else decided by `on_kaggle`."""
+    chosen = (mode or os.environ.get("AIMO_MODE") or "auto").strip().lower()
+    if chosen not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {chosen!r}")
+    if chosen == "auto":
+        return "kaggle" if on_kaggle() else "local"
+    return chosen
+
+
+def input_roots(explicit: str | os.PathLike[str] | Sequence[Any] | None = None) -> tuple[Path, ...]:
+    """Where attached models and datasets are mounted: the argument, $KAGGLE_INPUT_ROOT, or
+    /kaggle/input. A string may hold several roots separated by os.pathsep."""
+    value: Any = explicit if explicit is not None else os.environ.get("KAGGLE_INPUT_ROOT")
+    if value is None or value == "":
+        return (KAGGLE_INPUT,)
+    if isinstance(value, (str, os.PathLike)):
+        value = [p for p in os.fspath(value).split(os.pathsep) if p]
+    return tuple(Path(p) for p in value)
+
+
+def dataset_dirs(handle: str, roots: Sequence[Path]) -> list[Path]:
+    """Where Kaggle mounts dataset `owner/slug`: the newer ``<root>/datasets/<owner>/<slug>``
+    and the classic ``<root>/<slug>``, per root, in that order."""
+    parts = handle.strip("/").split("/")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"a dataset is named owner/slug, got {handle!r}")
+    owner, slug = parts
+    out: list[Path] = []
+    for root in roots:
+        out += [root / "datasets" / owner / slug, root / slug]
+    return out
+
+
+def competition_dirs(competition: str, roots: Sequence[Path]) -> list[Path]:
+    """Where the competition's data (test.csv, `aimo` or `kaggle_evaluation`) is mounted."""
+    slug = COMPETITION_SLUGS[competition]
+    out: list[Path] = []
+    for root in roots:
+        out += [root / "competitions" / slug, root / slug]
+    return out
+
+
+def _has_wheels(directory: Path) -> bool:
+    return any(directory.glob("*.whl"))
+
+
+def find_wheels(handle: str, roots: Sequence[Path]) -> Path | None:
+    """The directory of the wheels dataset that holds *.whl files (or its one subfolder that
+    does, when the folder itself was uploaded); None when it is not attached."""
+    for directory in dataset_dirs(handle, roots):
+        if not directory.is_dir():
+            continue
+        if _has_wheels(directory):
+            return directory
+        nested = sorted(p for p in directory.iterdir() if p.is_dir() and _has_wheels(p))
+        if len(nested) == 1:
+            return nested[0]
+    return None
+
+
+def pip_install_command(wheels_dir: Path, requirements: Path) -> list[str]:
+    """The offline install: only the attached wheels, never an index (there is no internet)."""
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--no-index",
+        "--find-links",
+        str(wheels_dir),
+        "-r",
+        str(requirements),
+        "--no-warn-script-location",
+        "--disable-pip-version-check",
+    ]
+
+
+def install_requirements(
+    dataset: str | None,
+    requirements: str | os.PathLike[str],
+    roots: str | Sequence[Any] | None = None,
+    *,
+    mode: str | None = None,
+    execute: bool = True,
+) -> list[str] | None:
+    """The install cell: pip-install `requirements` from the attached wheels dataset.
+
+    Skipped with a message off Kaggle (the local environment already holds the requirements)
+    and when no dataset is configured. On Kaggle a missing dataset raises at once, naming every
+    place looked at: a submission without its pinned engine would only fail later, less clearly.
+    Returns the command (run unless `execute` is false), or None when skipped.
+    """
+    if run_mode(mode) != "kaggle":
+        print("not on Kaggle (no /kaggle/input): skipping the offline install")
+        return None
+    if not dataset:
+        print("no wheels dataset configured: skipping the offline install")
+        return None
+    found = input_roots(roots)
+    wheels = find_wheels(dataset, found)
+    if wheels is None:
+        looked = "\n  ".join(str(d) for d in dataset_dirs(dataset, found))
+        raise FileNotFoundError(
+            f"wheels dataset {dataset} is not attached (no *.whl found); add it to the notebook's "
+            f"inputs (kernel-metadata.json dataset_sources). Looked in:\n  {looked}"
+        )
+    command = pip_install_command(wheels, Path(requirements))
+    print("$ " + " ".join(command), flush=True)
+    if execute:
+        subprocess.run(command, check=True)
+        importlib.invalidate_caches()
+    return command
+
+
+def add_competition_paths(competition: str, roots: Sequence[Path]) -> list[Path]:
+    """Put the mounted competition folder on sys.path (appended) so that `import aimo` and
+    `import kaggle_evaluation...` resolve wherever Kaggle mounted the data."""
+    added = []
+    for directory in competition_dirs(competition, roots):
+        if directory.is_dir() and str(directory) not in sys.path:
+            sys.path.append(str(directory))
+            added.append(directory)
+    return added
+
+
+def competition_test_csv(competition: str, roots: Sequence[Path]) -> Path | None:
+    """The competition's test.csv under the input mounts (None when not attached)."""
+    for directory in competition_dirs(competition, roots):
+        if (directory / "test.csv").is_file():
+            return directory / "test.csv"
+    return None
+
+
+# ------------------------------------------------------------------------------ weights
+
+
+def find_weights(
+    preset: Preset,
+    manifest_path: str | os.PathLike[str] | None = None,
+    roots: Sequence[Path] | None = None,
+    model_dir: str | os.PathLike[str] | None = None,
+    check_hashes: bool = False,
+) -> Path:
+    """The preset's weights: its manifest entry located under the input roots (both Kaggle
+    layouts, or `model_dir`) and checked file by file (sizes; hashes on request)."""
+    from .manifest import DEFAULT_MANIFEST, load_manifest, locate, verify_directory
+
+    path = Path(manifest_path) if manifest_path else DEFAULT_MANIFEST
+    entry = load_manifest(path).get(preset.model)
+    where = roots if roots is not None else input_roots()
+    found = locate(entry, where, override=model_dir)
+    problems = verify_directory(entry, found, check_hashes=check_hashes)
+    if problems:
+        raise FileNotFoundError(
+            f"weights for {entry.name} ({entry.kaggle.handle}) in {found} do not match {path}: "
+            + "; ".join(problems)
+        )
+    log.info(
+        "weights: %s (%s %s) at %s: %d files match the manifest (%s)",
+        entry.name,
+        entry.kaggle.kind,
+        entry.kaggle.handle,
+        found,
+        len(entry.files),
+        "sizes and sha256" if check_hashes else "sizes",
+    )
+    return found
+
+
+def make_kernel(
+    preset: Preset,
+    weights: Callable[[], Path] | None,
+    trace_path: Path | None,
+    run_started: float | None,
+    model_dir: str | os.PathLike[str] | None = None,
+) -> Kernel:
+    """A Kernel whose engine factory finds the weights when the kernel asks for it, that is after
+    the sandbox template started: the order the kernel guarantees for its own resolution. With
+    `weights` None the kernel resolves the model itself (`model_dir`, or the demo model)."""
+    from .kernel import Kernel
+
+    if weights is None:
+        return Kernel(preset, model_dir=model_dir, trace_path=trace_path, run_started=run_started)
+    found: dict[str, Path] = {}
+
+    def engine() -> Backend:
+        if "path" not in found:  # once: an engine rebuilt after a failure reuses it
+            found["path"] = weights()
+        kernel.model_path = found["path"]
+        # the kernel's own backend choice ("auto": vLLM where installed, else transformers)
+        return kernel.backend_factory(preset.backend, found["path"])()
+
+    kernel = Kernel(preset, backend=engine, trace_path=trace_path, run_started=run_started)
+    return kernel
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+@dataclass
+class RunResult:
+    """What the run cell gets back (and prints)."""
+
+    mode: str
+    preset: str
+    competition: str
+    kit: str
+    model: str = ""
+    submission: str | None = None
+    answered: int = 0
+    scored: int = 0
+    correct: int = 0
+    violations: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+def _setup_logging(level: str) -> None:
+    """One stdout handler on the package logger: the notebook's log shows the start-up steps."""
+    logger = logging.getLogger("kaggle_submission")
+    logger.setLevel(level)
+    if not any(getattr(h, "_aimo_kit", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler._aimo_kit = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def resolve_preset(name: str, overrides: Mapping[str, Any] | None = None) -> Preset:
+    """The config cell's preset: a name (or preset file) with dotted overrides applied."""
+    from .presets import get_preset
+
+    preset = get_preset(name)
+    return preset.with_overrides(dict(overrides)) if overrides else preset
+
+
+def main(
+    preset: str,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    started_at: float | None = None,
+    mode: str | None = None,
+    input_root: str | Sequence[Any] | None = None,
+    manifest: str | os.PathLike[str] | None = None,
+    model_dir: str | os.PathLike[str] | None = None,
+    check_hashes: bool | None = None,
+    local_csv: str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+    shuffle_seed: int | None = 0,
+    log_level: str = "INFO",
+) -> RunResult:
+    """The run cell: kernel (sandbox, weights, engine), then the competition's serving loop.
+
+    `started_at` is the notebook's first-cell `time.time()`: the budget counts the install and
+    start-up against the competition's limit. Keyword arguments left None fall back to the
+    environment variables in `ENV`.
+    """
+    _setup_logging(log_level)
+    t0 = time.time()
+    started = started_at if started_at is not None else t0
+    run_started = time.monotonic() - max(0.0, t0 - started)
+    chosen = run_mode(mode)
+    roots = input_roots(input_root)
+    kit = str(Path(__file__).resolve().parent)
+    spec = resolve_preset(preset, overrides)
+
+    problems = None
+    if chosen == "local":
+        problems = _local_problems(local_csv)
+        if "budget.num_problems" not in (overrides or {}):
+            spec = spec.with_overrides({"budget.num_problems": len(problems)})
+    out = Path(out_dir or os.environ.get("AIMO_OUT_DIR") or Path.cwd())
+    out.mkdir(parents=True, exist_ok=True)
+    log.info(
+        "%s mode | preset %s (%s, %s on %s) | model %s | kit %s | input roots %s",
+        chosen,
+        spec.name,
+        spec.competition,
+        spec.backend,
+        spec.hardware,
+        spec.model,
+        kit,
+        ", ".join(str(r) for r in roots),
+    )
+
+    explicit_dir = model_dir or os.environ.get("AIMO_MODEL_DIR") or None
+    weights: Callable[[], Path] | None = None
+    if spec.model != "demo":  # the demo model is built or cached by the kernel itself
+        hashes = _env_flag("AIMO_CHECK_HASHES") if check_hashes is None else check_hashes
+        manifest_path = manifest or os.environ.get("AIMO_MANIFEST") or None
+
+        def weights() -> Path:
+            return find_weights(spec, manifest_path, roots, explicit_dir, hashes)
+
+    result = RunResult(chosen, spec.name, spec.competition, kit)
+    kernel = make_kernel(spec, weights, out / "traces.jsonl", run_started, explicit_dir)
+    counter = {"n": 0}
+
+    def answer(problem_id: str, problem: str) -> int:
+        start = time.monotonic()
+        value = kernel.answer(problem_id, problem)
+        counter["n"] += 1
+        log.info(
+            "problem %s -> %d in %.1f s (%d answered, %.0f s left in the budget)",
+            problem_id,
+            value,
+            time.monotonic() - start,
+            counter["n"],
+            kernel.budget.time_left(),
+        )
+        return value
+
+    with kernel:
+        result.model = str(kernel.model_path or "")
+        if chosen == "kaggle":
+            _serve_kaggle(spec.competition, answer, roots)
+            from .competition import get_adapter
+
+            submission = Path.cwd() / get_adapter(spec.competition).SUBMISSION_FILE
+            result.submission = str(submission) if submission.exists() else None
+        else:
+            from .competition.gateway import run_local_gateway
+
+            assert problems is not None
+            gateway = run_local_gateway(
+                spec.competition, problems, answer, out, shuffle_seed=shuffle_seed
+            )
+            result.submission = str(gateway.submission_path)
+            result.scored, result.correct = gateway.scored, gateway.correct
+            result.violations = list(gateway.violations)
+    result.answered = counter["n"]
+    result.seconds = time.time() - t0
+    summary = f"{result.answered} problems answered in {result.seconds:.0f} s"
+    if result.scored:
+        summary += f", {result.correct}/{result.scored} correct"
+    log.info("%s; submission %s", summary, result.submission)
+    for violation in result.violations:
+        log.warning("gateway: %s", violation)
+    return result
+
+
+def _local_problems(local_csv: str | os.PathLike[str] | None) -> list[Any]:
+    from .problems import load_problems
+
+    csv_path = local_csv or os.environ.get("AIMO_LOCAL_CSV")
+    if not csv_path:
+        raise ValueError(
+            "not on Kaggle and no problems given: set AIMO_LOCAL_CSV (or pass local_csv=) to a "
+            "CSV with columns id, problem and optionally answer"
+        )
+    return list(load_problems(csv_path))
+
+
+def _serve_kaggle(
+    competition: str, answer: Callable[[str, str], int], roots: Sequence[Path]
+) -> None:
+    """Kaggle's own API: the `aimo` env (AIMO-1) or the kaggle_evaluation server (AIMO-2/3),
+    which serves on the competition rerun and runs Kaggle's local gateway on test.csv otherwise."""
+    from .competition import get_adapter
+
+    added = add_competition_paths(competition, roots)
+    if added:
+        log.info("competition data on sys.path: %s", ", ".join(map(str, added)))
+    test_csv = competition_test_csv(competition, roots)
+    log.info(
+        "serving %s (rerun: %s, test.csv: %s)",
+        competition,
+        bool(os.environ.get("KAGGLE_IS_COMPETITION_RERUN")),
+        test_csv,
+    )
+    get_adapter(competition).run(answer, test_csv)
