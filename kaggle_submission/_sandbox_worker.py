@@ -433,8 +433,13 @@ class _Worker:
 
 
 def _kill_group_members(pgid: int, keep: int) -> None:
-    """SIGKILL what the block started (our group, our children), then reap."""
-    for _ in range(50):
+    """SIGKILL what the block started (our group, our children), then reap.
+
+    Bounded by time, not by rounds: on a loaded machine a killed process can take a while to
+    leave /proc, and the block must not return while one is still there.
+    """
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
         found = False
         for pid in _live_pids():
             if pid == keep:
