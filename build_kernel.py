@@ -36,7 +36,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 from kaggle_submission import manifest as mf  # noqa: E402
 from kaggle_submission.notebook_main import COMPETITION_SLUGS  # noqa: E402
-from kaggle_submission.presets import PRESETS, Preset, get_preset  # noqa: E402
+from kaggle_submission.presets import PRESETS, Preset, get_preset, parse_overrides  # noqa: E402
 
 PACKAGE = "kaggle_submission"
 TEMPLATE = REPO / "notebooks" / "kernel_template.py"
@@ -637,21 +637,11 @@ def download_wheels(
 # ------------------------------------------------------------------------------ CLI
 
 
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _pairs(pairs: Sequence[str]) -> dict[str, Any]:
-    changes = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects KEY=VALUE, got {pair!r}")
-        changes[key.strip()] = _value(value)
-    return changes
+    try:
+        return parse_overrides(pairs)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,21 +15,10 @@ from pathlib import Path
 from typing import Any
 
 
-def _value(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def _overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    changes = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--set expects key=value, got {pair!r}")
-        changes[key.strip()] = _value(value)
-    return changes
+    from .presets import parse_overrides
+
+    return parse_overrides(pairs)
 
 
 def cmd_dry_run(args: argparse.Namespace) -> int:

@@ -391,7 +391,10 @@ def test_kto_samples_with_the_engine_and_trains(demo_dir: Path, tmp_path: Path) 
     from training.kto import KTOStageConfig, ground_truth, rollout_completion, run
 
     problems = demo_problems(3, seed=11)
-    rows = [{"problem": p.problem, "solution": "", "answer": p.answer} for p in problems]
+    rows = [
+        {"problem": p.problem, "solution": f"$\\boxed{{{p.answer}}}$", "answer": p.answer}
+        for p in problems
+    ]
     td.write_jsonl(tmp_path / "kto.jsonl", rows)
     assert ground_truth({"solution": "so $\\boxed{12}$"}, "aimo1") == 12
     assert ground_truth({"answer": "007", "solution": ""}, "aimo1") == 7
