@@ -807,6 +807,7 @@ def test_vllm_server_aborts_requests_whose_caller_was_cancelled(vllm_server: Any
     url = vllm_server.url
     count = 16  # ~16000 tokens of work: seconds on CPU, so the cancel lands mid-generation
     aborts_before = aborted_in_log(vllm_server)
+    at_cancel: list[float] = []
 
     async def cancel_in_flight() -> list[Any]:
         backend = OpenAIBackend(url)
@@ -830,6 +831,7 @@ def test_vllm_server_aborts_requests_whose_caller_was_cancelled(vllm_server: Any
             while backend.servers[0].in_flight < count:
                 await asyncio.sleep(0.005)
             await asyncio.sleep(0.5)  # the server has started; far from done
+            at_cancel.append(metric(url, "vllm:generation_tokens_total"))
             for task in tasks:
                 task.cancel()
             return await asyncio.gather(*tasks, return_exceptions=True)
@@ -848,8 +850,12 @@ def test_vllm_server_aborts_requests_whose_caller_was_cancelled(vllm_server: Any
         if aborted >= cancelled and running == 0:
             break
         time.sleep(0.2)
-    assert aborted >= cancelled and running == 0  # aborted in the engine, not abandoned
     settled = metric(url, "vllm:generation_tokens_total")
+    # Aborted in the engine, not abandoned: the server logs the aborts, or (when its log lags
+    # on a loaded machine) the engine made at most a few more steps per request after the
+    # cancel, where an abandoned request would have gone on for hundreds of tokens.
+    stopped_short = settled - at_cancel[0] <= cancelled * 16
+    assert running == 0 and (aborted >= cancelled or stopped_short), (aborted, settled)
     time.sleep(1.0)
     assert metric(url, "vllm:generation_tokens_total") == settled  # nothing runs on
 
