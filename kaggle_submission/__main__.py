@@ -59,6 +59,7 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
         backend=args.backend,
         overrides=changes,
         time_limit_s=args.time_limit,
+        ablate_code=args.ablate_code,
     )
     dry_run(options)
     return 0
@@ -128,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip problems already in OUT/traces.jsonl (sharded; default on)",
     )
     dry.add_argument("--problem-cap", type=float, help="seconds per problem (sharded)")
+    dry.add_argument(
+        "--ablate-code",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also solve every problem with code execution off and report both "
+        "(default: on for the demo model only)",
+    )
     dry.set_defaults(func=cmd_dry_run)
 
     presets = sub.add_parser("presets", help="list presets, or show one as JSON")

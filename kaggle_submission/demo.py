@@ -53,7 +53,7 @@ __all__ = [
     "is_held_out",
 ]
 
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v2"
 """Bump when the task, tokenizer, model shape or training recipe changes: a new cache dir."""
 DEMO_ENTRY_NAME = "demo"
 """The demo's entry in weights_manifest.json (and the preset's `model` value)."""

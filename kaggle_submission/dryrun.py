@@ -11,7 +11,7 @@ import logging
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -20,8 +20,8 @@ from .config import override
 from .kernel import Kernel
 from .presets import Preset, get_preset
 from .problems import Problem, load_problems
-from .report import summarize, write_report
-from .traces import read_traces
+from .report import fmt_value, summarize, write_report
+from .traces import TraceWriter, read_traces
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ class DryRunOptions:
     backend: replaces the preset's backend ("transformers", "vllm", ...).
     overrides: dotted preset overrides ("engine.num_rollouts": 8, ...).
     time_limit_s: the whole run's limit (replaces budget.total_s).
+    ablate_code: after the run, solve the same problems again with code execution off (every
+        block gets an empty output) and report both; None: on for the demo model only, whose
+        task cannot be solved without its code's output. Not part of the Kaggle path: it
+        does not touch the submission or the budget, and its traces go to ABLATION_TRACES.
     """
 
     data: str = "demo"
@@ -54,6 +58,10 @@ class DryRunOptions:
     backend: str | None = None
     overrides: Mapping[str, Any] = field(default_factory=dict)
     time_limit_s: float | None = None
+    ablate_code: bool | None = None
+
+
+ABLATION_TRACES = "traces.no-code.jsonl"
 
 
 def load_data(options: DryRunOptions) -> tuple[str, list[Problem]]:
@@ -81,9 +89,9 @@ def build_preset(options: DryRunOptions, num_problems: int) -> Preset:
 class Progress:
     """One line per problem: k of n, elapsed, budget left, running accuracy."""
 
-    def __init__(self, kernel: Kernel, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, kernel: Kernel, stream: TextIO | None = None) -> None:
         self.kernel = kernel
-        self.stream = stream
+        self.stream = stream or sys.stderr
         self.start = time.monotonic()
         self.correct = 0
         self.scored = 0
@@ -103,8 +111,10 @@ class Progress:
         )
 
 
-def dry_run(options: DryRunOptions, stream: TextIO = sys.stderr) -> dict[str, Any]:
-    """Run it; returns the summary (also written to summary.json)."""
+def dry_run(options: DryRunOptions, stream: TextIO | None = None) -> dict[str, Any]:
+    """Run it; returns the summary (also written to summary.json). Progress goes to `stream`
+    (default: sys.stderr as it is at call time, not at import)."""
+    stream = stream or sys.stderr
     run_started = time.monotonic()
     out = Path(options.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -135,6 +145,9 @@ def dry_run(options: DryRunOptions, stream: TextIO = sys.stderr) -> dict[str, An
             on_row=Progress(kernel, stream),
         )
         engine = kernel.describe()
+        ablation = None
+        if options.ablate_code if options.ablate_code is not None else demo:
+            ablation = ablate_code_execution(kernel, preset, problems, out, stream)
     traces = {t.problem_id: t for t in read_traces(trace_path)}
     ordered = [traces[r.key] for r in gateway.rows if r.key in traces]
     summary = summarize(
@@ -159,6 +172,12 @@ def dry_run(options: DryRunOptions, stream: TextIO = sys.stderr) -> dict[str, An
             "wall_seconds": time.monotonic() - run_started,
         },
     )
+    if ablation is not None:
+        summary["code_ablation"] = {
+            "with_code": {k: summary[k] for k in ABLATION_KEYS},
+            "without_code": {k: ablation[k] for k in ABLATION_KEYS},
+            "traces": str(out / ABLATION_TRACES),
+        }
     report = write_report(summary, out)
     print(
         f"accuracy {summary['correct']}/{summary['scored']} | pass@N {summary['pass_at_n']} | "
@@ -166,3 +185,41 @@ def dry_run(options: DryRunOptions, stream: TextIO = sys.stderr) -> dict[str, An
         file=stream,
     )
     return summary
+
+
+ABLATION_KEYS = ("scored", "correct", "maj_at_n", "pass_at_n", "single_sample", "executions")
+
+
+def ablate_code_execution(
+    kernel: Kernel,
+    preset: Preset,
+    problems: list[Problem],
+    out: Path,
+    stream: TextIO,
+) -> dict[str, Any] | None:
+    """Solve `problems` again on the loaded engine with `execute_code` off; their summary.
+
+    What it shows: how much of the accuracy comes from running the model's code rather than
+    from its own text (the winner's TIR premise). Each problem gets the preset's cap.
+    """
+    if kernel.solver is None:
+        print("code ablation skipped: no engine is loaded", file=stream)
+        return None
+    config = replace(preset.engine, execute_code=False)
+    (out / ABLATION_TRACES).unlink(missing_ok=True)
+    writer = TraceWriter(out / ABLATION_TRACES)
+    traces = []
+    for problem in problems:
+        deadline = time.monotonic() + preset.budget.cap_s
+        solution = kernel.solver.solve(
+            problem.problem, deadline, problem.key, config=config, write_trace=False
+        )
+        writer.write(solution.trace)
+        traces.append(solution.trace)
+    ablation = summarize(traces, {p.key: p.answer for p in problems}, {})
+    print(
+        f"without code execution: accuracy {ablation['correct']}/{ablation['scored']}, "
+        f"single sample {fmt_value(ablation['single_sample'])}",
+        file=stream,
+    )
+    return ablation

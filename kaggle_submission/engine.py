@@ -337,7 +337,7 @@ async def solve_async(
         seconds=seconds,
         budget_s=None if deadline is None else deadline - run.start,
         config=to_dict(config),
-        backend=_describe(backend),
+        backend=describe_backend(backend),
         vote=VoteTrace(
             counts=dict(result.counts),
             n_valid=result.n_valid,
@@ -374,23 +374,101 @@ def fallback_solution(
     return Solution(result.answer, result, "error", 0.0, trace, error)
 
 
-def _describe(backend: Backend) -> dict[str, Any]:
+def describe_backend(backend: Backend) -> dict[str, Any]:
+    """The backend's self-description for traces and summaries; never raises."""
     try:
         return {"name": getattr(backend, "name", "?"), **backend.describe()}
     except Exception as exc:  # a description must never cost an answer
         return {"name": getattr(backend, "name", "?"), "describe_error": repr(exc)}
 
 
+BackendSource = Backend | Callable[[], Backend]
+
+
+async def start_backend(source: BackendSource) -> Backend:
+    """The backend, started: a model load belongs to start-up, not to the first problem.
+
+    A factory with a `fallback` attribute (preset backend "auto") gets a second chance: when
+    the first backend fails to start, the fallback's backend is used instead.
+    """
+    built = source if isinstance(source, Backend) else source()
+    start = getattr(built, "start", None)
+    if start is not None:
+        try:
+            await start()
+        except Exception:
+            fallback = getattr(source, "fallback", None)
+            if fallback is None:
+                raise
+            log.exception("%s did not start; using the fallback backend", built.name)
+            with contextlib.suppress(Exception):
+                await built.aclose()
+            built = fallback()
+    return built
+
+
+class EngineLoop:
+    """One event loop in a daemon thread, for an engine's whole life.
+
+    Why a thread of its own: an async engine (vLLM's AsyncLLM, an HTTP client) stays bound to
+    the loop it started on, while its callers (gRPC workers, a CLI) are synchronous threads.
+    """
+
+    def __init__(self, name: str = "engine-loop") -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run `coro` on the loop and wait for it; on timeout it is cancelled and re-raised."""
+        future = self.submit(coro)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise
+
+    @property
+    def running(self) -> bool:
+        return self.loop.is_running()
+
+    def responsive(self, timeout: float = 1.0) -> bool:
+        """Whether the loop still runs callbacks (a backend may have blocked it)."""
+        try:
+            self.call(asyncio.sleep(0), timeout)
+            return True
+        except concurrent.futures.TimeoutError:
+            return False
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Finish async generators (HTTP streams) if the loop still answers, stop it, join it.
+
+        A loop that a hung backend blocks is left to its daemon thread.
+        """
+        if not self.loop.is_running():
+            return
+        if self.responsive():
+            with contextlib.suppress(Exception):
+                self.call(self.loop.shutdown_asyncgens(), timeout)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=timeout)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
 class Solver:
     """A synchronous front for `solve_async`, usable from any thread (gRPC workers included).
 
-    It owns one event loop in a background thread for its whole life, because an async engine
-    (vLLM's AsyncLLM) stays bound to the loop it started on.
+    It owns one `EngineLoop` for its whole life; a hang watchdog turns a stuck engine into a
+    fallback answer instead of a stuck run.
     """
 
     def __init__(
         self,
-        backend: Backend | Callable[[], Backend],
+        backend: BackendSource,
         sandbox: Sandbox,
         config: EngineConfig,
         policy: AnswerPolicy = AIMO1_POLICY,
@@ -405,49 +483,12 @@ class Solver:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             2 * config.num_rollouts + 4, "sandbox-call"
         )
-        self._start_loop()
-        self.backend: Backend = self._call(self._build(backend))
-
-    def _start_loop(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="engine-loop", daemon=True
-        )
-        self._thread.start()
-
-    @staticmethod
-    async def _build(backend: Backend | Callable[[], Backend]) -> Backend:
-        """The backend, started: a model load belongs to start-up, not to the first problem."""
-        built = backend if isinstance(backend, Backend) else backend()
-        start = getattr(built, "start", None)
-        if start is not None:
-            try:
-                await start()
-            except Exception:
-                fallback = getattr(backend, "fallback", None)
-                if fallback is None:
-                    raise
-                log.exception("%s did not start; using the fallback backend", built.name)
-                with contextlib.suppress(Exception):
-                    await built.aclose()
-                built = fallback()
-        return built
-
-    def _call(self, coro: Any, timeout: float | None = None) -> Any:
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise
+        self._engine_loop = EngineLoop()
+        self.backend: Backend = self._engine_loop.call(start_backend(backend))
 
     def responsive(self, timeout: float = 1.0) -> bool:
         """Whether the event loop still runs callbacks (a backend may have blocked it)."""
-        try:
-            self._call(asyncio.sleep(0), timeout)
-            return True
-        except concurrent.futures.TimeoutError:
-            return False
+        return self._engine_loop.responsive(timeout)
 
     def solve(
         self,
@@ -455,14 +496,16 @@ class Solver:
         deadline: float | None = None,
         problem_id: str = "",
         config: EngineConfig | None = None,
+        write_trace: bool = True,
     ) -> Solution:
         """Solve one problem before `deadline` (time.monotonic); always returns a Solution.
 
         A watchdog gives up `hang_grace_s` after the deadline even if the event loop itself is
-        stuck (a backend blocking it), so a hang costs one answer, not the run.
+        stuck (a backend blocking it), so a hang costs one answer, not the run. `write_trace`
+        off keeps a measurement (an ablation) out of the run's trace file.
         """
         config = config or self.config
-        future = asyncio.run_coroutine_threadsafe(
+        future = self._engine_loop.submit(
             solve_async(
                 problem,
                 backend=self.backend,
@@ -472,8 +515,7 @@ class Solver:
                 deadline=deadline,
                 problem_id=problem_id,
                 executor=self._executor,
-            ),
-            self._loop,
+            )
         )
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
@@ -487,14 +529,14 @@ class Solver:
             )
             log.error("problem %s: %s; submitting the fallback", problem_id, reason)
             solution = fallback_solution(problem, problem_id, config, self.policy, reason)
-        if self.trace_writer is not None:
+        if write_trace and self.trace_writer is not None:
             try:
                 self.trace_writer.write(solution.trace)
             except OSError:
                 log.exception("could not write the trace of %s", problem_id)
         return solution
 
-    def rebuild(self, backend: Backend | Callable[[], Backend]) -> None:
+    def rebuild(self, backend: BackendSource) -> None:
         """Replace a broken backend (engine error, out of memory, hang): close it, build anew.
 
         A loop that a hung backend blocks is abandoned (its daemon thread is left to the hang)
@@ -504,25 +546,24 @@ class Solver:
             self._close_backend()
         else:
             log.error("the engine's event loop is stuck; moving to a new one")
-            self._start_loop()
-        self.backend = self._call(self._build(backend))
+            self._engine_loop = EngineLoop()
+        self.backend = self._engine_loop.call(start_backend(backend))
 
     def _close_backend(self, timeout: float = 60.0) -> None:
         try:
-            self._call(self.backend.aclose(), timeout)
+            self._engine_loop.call(self.backend.aclose(), timeout)
         except Exception:  # a dead engine may fail to close; go on
             log.exception("closing the backend failed")
 
     def close(self) -> None:
         """Close the backend, stop the loop, and wait for sandbox calls to finish."""
-        if not self._loop.is_running():
+        if not self._engine_loop.running:
             return
         try:
             if self.responsive():
                 self._close_backend()
         finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
+            self._engine_loop.close()
             self._executor.shutdown(wait=False, cancel_futures=True)
 
     def __enter__(self) -> Solver:

@@ -29,6 +29,7 @@ class ProblemStats:
     pass_at_n: bool | None
     single_sample: float | None
     n_rollouts: int
+    n_finished: int
     n_answered: int
     margin: float
     stop_reason: str
@@ -44,8 +45,10 @@ class ProblemStats:
 
 def problem_stats(trace: SolveTrace, truth: int | None) -> ProblemStats:
     answers = [r.answer for r in trace.rollouts if r.status == "answered"]
+    # A rollout cancelled by the early stop or the deadline has no outcome: counting it as
+    # wrong would make single-sample accuracy depend on how soon the vote settled.
+    finished = sum(r.status != "cancelled" for r in trace.rollouts)
     executions = [s for r in trace.rollouts for s in r.segments if isinstance(s, ExecutionSegment)]
-    n = len(trace.rollouts) or 1
     known = truth is not None
     return ProblemStats(
         problem_id=trace.problem_id,
@@ -53,8 +56,9 @@ def problem_stats(trace: SolveTrace, truth: int | None) -> ProblemStats:
         answer=trace.answer,
         correct=trace.answer == truth if known else None,
         pass_at_n=truth in answers if known else None,
-        single_sample=sum(a == truth for a in answers) / n if known else None,
+        single_sample=sum(a == truth for a in answers) / finished if known and finished else None,
         n_rollouts=len(trace.rollouts),
+        n_finished=finished,
         n_answered=len(answers),
         margin=trace.vote.margin,
         stop_reason=trace.stop_reason,
@@ -89,7 +93,7 @@ def summarize(
         "accuracy": _mean([float(bool(s.correct)) for s in scored]),
         "maj_at_n": _mean([float(bool(s.correct)) for s in scored]),
         "pass_at_n": _mean([float(bool(s.pass_at_n)) for s in scored]),
-        "single_sample": _mean([s.single_sample or 0.0 for s in scored]),
+        "single_sample": _mean([s.single_sample for s in scored if s.single_sample is not None]),
         "seconds_total": sum(s.seconds for s in stats),
         "seconds_mean": _mean([s.seconds for s in stats]),
         "max_overrun_s": max(overruns) if overruns else None,
@@ -107,7 +111,11 @@ def summarize(
     }
 
 
-def _fmt(value: Any) -> str:
+def _row(cells: Sequence[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def fmt_value(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):
@@ -150,25 +158,63 @@ def write_report(summary: Mapping[str, Any], out_dir: str | Path) -> Path:
         "code_timeouts",
         "tokens_generated",
     ):
-        lines.append(f"| {key} | {_fmt(summary.get(key))} |")
-    lines += ["", f"Stop reasons: {summary['stop_reasons']}", ""]
+        lines.append(f"| {key} | {fmt_value(summary.get(key))} |")
+    lines += [
+        "",
+        "single_sample: the share of correct answers among the rollouts that finished (those "
+        "cancelled by the early stop or the deadline have no outcome); pass_at_n: some rollout "
+        "was right; maj_at_n: the vote was.",
+        "",
+        f"Stop reasons: {summary['stop_reasons']}",
+        "",
+    ]
+    lines += _ablation_lines(summary.get("code_ablation"))
     lines += [f"![{name}]({name})" for name in plots]
     lines += [
         "",
-        "| problem | truth | answer | ok | pass@N | single | answered | margin | s | budget s | "
-        "stop |",
+        "| problem | truth | answer | ok | pass@N | single | answered/finished/N | margin | s "
+        "| budget s | stop |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for s in per:
-        lines.append(
-            f"| {s['problem_id']} | {_fmt(s['truth'])} | {s['answer']} | {_fmt(s['correct'])} | "
-            f"{_fmt(s['pass_at_n'])} | {_fmt(s['single_sample'])} | {s['n_answered']}/"
-            f"{s['n_rollouts']} | {_fmt(s['margin'])} | {s['seconds']:.1f} | "
-            f"{_fmt(s['budget_s'])} | {s['stop_reason']} |"
-        )
+        cells = [
+            s["problem_id"],
+            fmt_value(s["truth"]),
+            s["answer"],
+            fmt_value(s["correct"]),
+            fmt_value(s["pass_at_n"]),
+            fmt_value(s["single_sample"]),
+            f"{s['n_answered']}/{s['n_finished']}/{s['n_rollouts']}",
+            fmt_value(s["margin"]),
+            f"{s['seconds']:.1f}",
+            fmt_value(s["budget_s"]),
+            s["stop_reason"],
+        ]
+        lines.append(_row(cells))
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _ablation_lines(ablation: Mapping[str, Any] | None) -> list[str]:
+    """The same problems solved with and without running the model's code."""
+    if not ablation:
+        return []
+    lines = [
+        "## Code execution",
+        "",
+        "The same problems solved again with every code block given an empty output instead of",
+        "running it (`engine.execute_code=false`).",
+        "",
+        "| run | correct | maj@N | pass@N | single sample | code blocks |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, key in (("with code execution", "with_code"), ("without", "without_code")):
+        row = ablation[key]
+        correct = f"{row['correct']}/{row['scored']}"
+        shares = [fmt_value(row[k]) for k in ("maj_at_n", "pass_at_n", "single_sample")]
+        lines.append(_row([label, correct, *shares, row["executions"]]))
+    return [*lines, ""]
 
 
 def _plots(summary: Mapping[str, Any], out: Path) -> list[str]:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import fcntl
 import json
 import logging
@@ -43,7 +42,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .backends.base import Backend
-from .engine import Solution, fallback_solution, solve_async
+from .engine import (
+    EngineLoop,
+    Solution,
+    describe_backend,
+    fallback_solution,
+    solve_async,
+    start_backend,
+)
 from .presets import Preset
 from .problems import Problem
 from .sandbox import Sandbox
@@ -220,7 +226,7 @@ class _Run:
         slots = asyncio.Semaphore(self.concurrency)
         watcher = asyncio.create_task(self._watch_stop())
         try:
-            self.backend = await self._build()
+            self.backend = await start_backend(self.factory)
             self._tasks = [
                 asyncio.create_task(self._one(p, slots, executor), name=f"problem-{p.key}")
                 for p in self.todo
@@ -235,19 +241,12 @@ class _Run:
                 task.cancel()
             await asyncio.gather(*self._tasks, watcher, return_exceptions=True)
             if self.backend is not None:
-                self.engine = _describe(self.backend)
+                self.engine = describe_backend(self.backend)
                 try:
                     await self.backend.aclose()
                 except Exception:  # a failing close must not hide the run's outcome
                     log.exception("closing the backend failed")
             executor.shutdown(wait=False, cancel_futures=True)
-
-    async def _build(self) -> Backend:
-        backend = self.factory()
-        start = getattr(backend, "start", None)
-        if start is not None:  # load/connect now: config errors surface before any problem
-            await start()
-        return backend
 
     async def _watch_stop(self) -> None:
         while not self.stop_event.is_set():
@@ -317,28 +316,7 @@ class _Run:
                 await failed.aclose()
             except Exception:
                 log.exception("closing the dead backend failed")
-            self.backend = await self._build()
-
-
-class _LoopThread:
-    """One event loop in a background thread, as the Solver runs its engine."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="sharded-loop")
-        self.thread.daemon = True
-        self.thread.start()
-
-    def close(self) -> None:
-        """Finish async generators (HTTP streams), stop the loop, join its thread."""
-        if self.loop.is_running():
-            future = asyncio.run_coroutine_threadsafe(self.loop.shutdown_asyncgens(), self.loop)
-            with contextlib.suppress(Exception):
-                future.result(timeout=10)
-            self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=30)
-        if not self.thread.is_alive():
-            self.loop.close()
+            self.backend = await start_backend(self.factory)
 
 
 def sharded_dry_run(
@@ -404,10 +382,10 @@ def sharded_dry_run(
             progress = _Progress(len(order), len(resumed), started, stream)
             sandbox = Sandbox(preset.sandbox)
             writer = DurableTraceWriter(trace_path)
-            runner: _LoopThread | None = None
+            runner: EngineLoop | None = None
             try:
                 sandbox.start()  # before the backend: no engine (CUDA) exists yet in this process
-                runner = _LoopThread()
+                runner = EngineLoop("sharded-loop")
                 run = _Run(
                     preset,
                     todo,
@@ -420,7 +398,7 @@ def sharded_dry_run(
                     on_solution,
                     progress,
                 )
-                future = asyncio.run_coroutine_threadsafe(run.main(), runner.loop)
+                future = runner.submit(run.main())
                 try:
                     _wait(future)
                 except KeyboardInterrupt:
@@ -644,13 +622,6 @@ def write_submission(path: Path, rows: Sequence[tuple[str, int]]) -> None:
         pl.DataFrame({"id": ids, "answer": answers}).write_parquet(path)
 
 
-def _describe(backend: Backend) -> dict[str, Any]:
-    try:
-        return {"name": getattr(backend, "name", "?"), **backend.describe()}
-    except Exception as exc:  # a description must never cost the run
-        return {"name": getattr(backend, "name", "?"), "describe_error": repr(exc)}
-
-
 # --------------------------------------------------------------------------- CLI-style entry
 
 
@@ -682,8 +653,11 @@ class ShardedOptions:
     max_concurrency_per_server: int = 64
 
 
-def run_sharded(options: ShardedOptions, stream: TextIO = sys.stderr) -> ShardedResult:
-    """The CLI's `dry-run --servers ... --concurrency K --resume`: load, build, run, report."""
+def run_sharded(options: ShardedOptions, stream: TextIO | None = None) -> ShardedResult:
+    """The CLI's `dry-run --servers ... --concurrency K --resume`: load, build, run, report.
+
+    Messages go to `stream`, default sys.stderr as it is at call time."""
+    stream = stream or sys.stderr
     from .dryrun import DEMO_BANNER, DryRunOptions, build_preset, load_data
 
     base = DryRunOptions(

@@ -233,9 +233,12 @@ def _base(preset_arg: str) -> tuple[str, dict[str, Any]]:
 
 
 def tune(
-    options: TuneOptions, recorded: Recorded | None = None, stream: TextIO = sys.stderr
+    options: TuneOptions, recorded: Recorded | None = None, stream: TextIO | None = None
 ) -> TuneReport:
-    """Simulate every candidate, recommend one, write the outputs; see the module docstring."""
+    """Simulate every candidate, recommend one, write the outputs; see the module docstring.
+
+    Messages go to `stream`, default sys.stderr as it is at call time."""
+    stream = stream or sys.stderr
     preset = get_preset(options.preset)
     if recorded is None and not options.traces:
         raise ValueError("no traces given: dry-run folders or trace files")

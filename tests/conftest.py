@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,20 @@ def peaked_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tiny_models import build_tiny_llama
 
     return build_tiny_llama(tmp_path_factory.mktemp("peaked_llama"), init_std=0.3)
+
+
+@pytest.fixture(scope="session")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The DEMO model, trained once per session by the training pipeline (a few minutes).
+
+    KAGGLE_SUBMISSION_TEST_DEMO_CACHE names a cache folder to reuse across sessions instead
+    (for iterating on the tests; CI leaves it unset and trains).
+    """
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("trl", reason="building the demo model needs trl (requirements-train.txt)")
+    pytest.importorskip("datasets", reason="building the demo model needs datasets")
+    from kaggle_submission.demo import ensure_demo_model
+
+    reuse = os.environ.get("KAGGLE_SUBMISSION_TEST_DEMO_CACHE")
+    return ensure_demo_model(reuse or tmp_path_factory.getbasetemp() / "demo-cache")

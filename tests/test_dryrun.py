@@ -27,6 +27,7 @@ def test_dry_run_writes_a_consistent_report(tiny_model_dir, tmp_path):
                 "engine.max_calls": 2,
                 "engine.max_tokens_per_call": 12,
             },
+            ablate_code=True,
         ),
         stream=stream,
     )
@@ -55,6 +56,13 @@ def test_dry_run_writes_a_consistent_report(tiny_model_dir, tmp_path):
     assert summary["restarts"] == sum(r.restarts for t in traces for r in t.rollouts)
     assert summary["correct"] == summary["gateway_correct"]
     assert json.loads((out / "summary.json").read_text())["problems"] == 3
+    ablation = summary["code_ablation"]
+    assert ablation["with_code"]["correct"] == summary["correct"]
+    assert ablation["without_code"]["scored"] == 3
+    no_code = list(read_traces(out / "traces.no-code.jsonl"))
+    assert sorted(t.problem_id for t in no_code) == sorted(t.problem_id for t in traces)
+    assert all(t.config["execute_code"] is False for t in no_code)
+    assert "## Code execution" in (out / "report.md").read_text()
     log = stream.getvalue()
     assert "[3/3]" in log and "budget left" in log and "engine: transformers" in log
 
