@@ -29,26 +29,6 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
         changes["engine.num_rollouts"] = args.n
     if args.m is not None:
         changes["engine.max_calls"] = args.m
-    if args.servers or args.concurrency is not None or args.resume is not None:
-        from .sharded import ShardedOptions, run_sharded
-
-        result = run_sharded(
-            ShardedOptions(
-                data=args.data,
-                preset=args.preset,
-                out_dir=Path(args.out),
-                limit=args.limit,
-                shuffle_seed=None if args.shuffle_seed < 0 else args.shuffle_seed,
-                model=args.model,
-                backend=args.backend,
-                overrides=changes,
-                servers=args.servers,
-                concurrency=args.concurrency or 4,
-                resume=args.resume is not False,
-                problem_cap_s=args.problem_cap,
-            )
-        )
-        return 1 if result.missing else 0
     options = DryRunOptions(
         data=args.data,
         preset=args.preset,
@@ -61,6 +41,19 @@ def cmd_dry_run(args: argparse.Namespace) -> int:
         time_limit_s=args.time_limit,
         ablate_code=args.ablate_code,
     )
+    if args.servers or args.concurrency is not None or args.resume is not None:
+        from .sharded import ShardedOptions, run_sharded
+
+        result = run_sharded(
+            ShardedOptions(
+                run=options,
+                servers=args.servers,
+                concurrency=args.concurrency or 4,
+                resume=args.resume is not False,
+                problem_cap_s=args.problem_cap,
+            )
+        )
+        return 1 if result.missing else 0
     dry_run(options)
     return 0
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .backends.base import Backend
+from .dryrun import DEMO_BANNER, DryRunOptions, build_preset, load_data
 from .engine import (
     EngineLoop,
     Solution,
@@ -627,25 +628,20 @@ def write_submission(path: Path, rows: Sequence[tuple[str, int]]) -> None:
 
 @dataclass(frozen=True)
 class ShardedOptions:
-    """dryrun.DryRunOptions's fields, plus:
+    """Attributes:
+    run: what any dry run takes (data, preset, out_dir, model, overrides, ...); its
+        time_limit_s and ablate_code do not apply here (each problem has its own cap).
     servers: OpenAI-compatible server URLs (comma-separated or a tuple); None runs the preset's
         backend in this process.
     concurrency: problems solved at once.
     resume: skip the problems already in out_dir/traces.jsonl.
     problem_cap_s: each problem's time (default the preset's budget.cap_s).
     max_concurrency_per_server: requests in flight per server.
-    With servers, `model` is the served model's name, or a local model directory whose chat
+    With servers, `run.model` is the served model's name, or a local model directory whose chat
     template renders the prompts (the server's model is then taken from the server).
     """
 
-    data: str = "demo"
-    preset: str = "demo-cpu"
-    out_dir: Path = Path("runs/dry-run")
-    limit: int | None = None
-    shuffle_seed: int | None = 0
-    model: str | None = None
-    backend: str | None = None
-    overrides: Mapping[str, Any] = field(default_factory=dict)
+    run: DryRunOptions = field(default_factory=DryRunOptions)
     servers: str | tuple[str, ...] | None = None
     concurrency: int = 4
     resume: bool = True
@@ -658,37 +654,26 @@ def run_sharded(options: ShardedOptions, stream: TextIO | None = None) -> Sharde
 
     Messages go to `stream`, default sys.stderr as it is at call time."""
     stream = stream or sys.stderr
-    from .dryrun import DEMO_BANNER, DryRunOptions, build_preset, load_data
-
-    base = DryRunOptions(
-        data=options.data,
-        preset=options.preset,
-        out_dir=Path(options.out_dir),
-        limit=options.limit,
-        shuffle_seed=options.shuffle_seed,
-        model=options.model,
-        backend=options.backend,
-        overrides=options.overrides,
-    )
-    data_name, problems = load_data(base)
-    preset = build_preset(base, len(problems))
+    run = options.run
+    data_name, problems = load_data(run)
+    preset = build_preset(run, len(problems))
     extra: dict[str, Any] = {"data": data_name}
     factory: BackendFactory | None = None
     backend_options: dict[str, Any] = {}
     if options.servers:
         backend_options["max_concurrency_per_server"] = options.max_concurrency_per_server
-        if options.model and Path(options.model).is_dir():
-            backend_options["tokenizer_dir"] = options.model
-        elif options.model:
-            backend_options["expected_model"] = options.model
+        if run.model and Path(run.model).is_dir():
+            backend_options["tokenizer_dir"] = run.model
+        elif run.model:
+            backend_options["expected_model"] = run.model
         engine_line = f"openai over {options.servers}"
     else:
         from .kernel import make_backend_factory, resolve_model
 
-        model_path = resolve_model(preset, options.model)
+        model_path = resolve_model(preset, run.model)
         factory = make_backend_factory(preset.backend, model_path, dict(preset.backend_options))
         engine_line = f"{preset.backend} in process, model {model_path}"
-        if preset.model == "demo" and options.model is None:
+        if preset.model == "demo" and run.model is None:
             extra["banner"] = DEMO_BANNER
             print(DEMO_BANNER, file=stream)
     print(
@@ -701,14 +686,14 @@ def run_sharded(options: ShardedOptions, stream: TextIO | None = None) -> Sharde
     return sharded_dry_run(
         problems,
         preset,
-        options.out_dir,
+        run.out_dir,
         backend_factory=factory,
         servers=options.servers if factory is None else None,
         backend_options=backend_options,
         concurrency=options.concurrency,
         resume=options.resume,
         problem_cap_s=options.problem_cap_s,
-        shuffle_seed=options.shuffle_seed,
+        shuffle_seed=run.shuffle_seed,
         extra_summary=extra,
         stream=stream,
     )

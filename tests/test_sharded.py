@@ -387,17 +387,17 @@ def test_stub_servers_one_killed_mid_run(tmp_path: Path, stub_loop: StubLoop) ->
 @needs_httpx
 def test_run_sharded_options_over_a_stub_server(tmp_path: Path, stub_loop: StubLoop) -> None:
     """The CLI entry (`dry-run --servers URL --concurrency K --resume`) end to end."""
+    from kaggle_submission.dryrun import DryRunOptions
     from kaggle_submission.sharded import ShardedOptions, run_sharded
 
     stub = stub_loop.call(StubServer().start())
-    options = ShardedOptions(
+    run = DryRunOptions(
         data="demo",
         limit=3,
         out_dir=tmp_path,
-        servers=stub.url,
-        concurrency=2,
         overrides={"engine.num_rollouts": 2, "engine.max_calls": 2},
     )
+    options = ShardedOptions(run=run, servers=stub.url, concurrency=2)
     stream = io.StringIO()
     first = run_sharded(options, stream)
     again = run_sharded(options, stream)

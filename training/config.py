@@ -229,5 +229,18 @@ def resolve_path(path: str | os.PathLike[str]) -> Path:
     return REPO_ROOT / p
 
 
+def package_versions(names: Sequence[str]) -> dict[str, str]:
+    """Installed versions of `names` (absent ones left out), for a stage's run record."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
 def dump_yaml(obj: Any) -> str:
     return _yaml().safe_dump(to_dict(obj), sort_keys=False)

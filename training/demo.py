@@ -282,30 +282,6 @@ def build_demo_model(
 # ------------------------------------------------------------------------------ evaluation
 
 
-class _EmptyOutputSandbox:
-    """A sandbox that runs nothing: every block "prints" nothing (the no-execution ablation)."""
-
-    class _Session:
-        def run(self, code: str) -> Any:
-            from kaggle_submission.sandbox import ExecResult
-
-            return ExecResult(
-                output="",
-                ok=True,
-                timed_out=False,
-                seconds=0.0,
-                reset=False,
-                restored=False,
-                queued_seconds=0.0,
-            )
-
-        def close(self) -> None:
-            return None
-
-    def session(self) -> Any:
-        return self._Session()
-
-
 _OUTPUT_RE = re.compile(r"t=(\d);u=(\d)")
 MODES = ("code", "empty-output", "model-output")
 """code: the kernel as is. empty-output: blocks run nowhere, the model reads an empty output.
@@ -324,6 +300,7 @@ async def _evaluate_async(
     from kaggle_submission.answers import AIMO1_POLICY
     from kaggle_submission.config import EngineConfig
     from kaggle_submission.engine import solve_async
+    from kaggle_submission.report import summarize
 
     config = EngineConfig(
         num_rollouts=rollouts,
@@ -332,19 +309,19 @@ async def _evaluate_async(
         temperature=0.8,
         seed=seed,
         early_stop=None,
+        execute_code=mode != "empty-output",
         **(
             {"stop": ("<no-stop>",), "prune_unexecuted": False, "restart_without_code": False}
             if mode == "model-output"
             else {}
         ),
     )
-    box = _EmptyOutputSandbox() if mode == "empty-output" else sandbox
     solutions = await asyncio.gather(
         *(
             solve_async(
                 p.problem,
                 backend=backend,
-                sandbox=box,
+                sandbox=sandbox,
                 config=config,
                 policy=AIMO1_POLICY,
                 problem_id=p.key,
@@ -352,11 +329,7 @@ async def _evaluate_async(
             for p in problems
         )
     )
-    majority = sum(s.answer == p.answer for s, p in zip(solutions, problems, strict=True))
-    single = sum(
-        sum(r.answer == p.answer for r in s.trace.rollouts) / rollouts
-        for s, p in zip(solutions, problems, strict=True)
-    )
+    scores = summarize([s.trace for s in solutions], {p.key: p.answer for p in problems}, {})
     executed = sum(r.executed for s in solutions for r in s.trace.rollouts)
     # Did the model box what the interpreter printed (t=3;u=7 -> 37)? Only rollouts that ran code.
     read = copied = 0
@@ -373,8 +346,8 @@ async def _evaluate_async(
         "mode": mode,
         "problems": n,
         "rollouts": rollouts,
-        "single_sample_accuracy": single / n,
-        "majority_accuracy": majority / n,
+        "single_sample_accuracy": scores["single_sample"],
+        "majority_accuracy": scores["maj_at_n"],
         "blocks_executed": executed,
         "answer_is_printed_output": copied / read if read else None,
     }
@@ -390,8 +363,8 @@ def evaluate(
 ) -> list[dict[str, Any]]:
     """Accuracy of the model on held-out demo problems through the kernel's engine, per mode.
 
-    Single-sample accuracy is the mean over rollouts (expected accuracy of one sample); majority
-    accuracy is the engine's vote over `rollouts` samples.
+    Single-sample and majority accuracy are the dry-run report's (`report.summarize`): the
+    share of correct rollouts (expected accuracy of one sample), and the engine's vote.
     """
     from kaggle_submission.backends import create_backend
     from kaggle_submission.sandbox import Sandbox, SandboxConfig

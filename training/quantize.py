@@ -31,7 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import dump_yaml, load_config, resolve_path, stage_parser, to_dict
+from .config import (
+    dump_yaml,
+    load_config,
+    package_versions,
+    resolve_path,
+    stage_parser,
+    to_dict,
+)
 from .data import SourceSpec, load_rows, render
 
 
@@ -168,7 +175,7 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
             "desc_act=true with a group size loads on vLLM <= 0.29 (the kit pins 0.19.1); "
             "vLLM 0.30+ needs desc_act=false"
         ),
-        "versions": _versions(),
+        "versions": package_versions(("gptqmodel", "torch", "transformers")),
     }
     for key, want in (("quant_method", "gptq"), ("checkpoint_format", "gptq")):
         if qc.get(key) != want:
@@ -210,18 +217,6 @@ def compare_logits(
         "top1_agreement": agree / max(total, 1),
         "max_abs_logit_diff": max_diff,
     }
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("gptqmodel", "torch", "transformers"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,8 +27,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import dump_yaml, load_config, resolve_path, stage_parser, to_dict
+from .config import (
+    dump_yaml,
+    load_config,
+    package_versions,
+    resolve_path,
+    stage_parser,
+    to_dict,
+)
 from .data import DataConfig, PreparedData, prepare, render, summary_line
+
+RECORDED_PACKAGES = ("torch", "transformers", "trl", "datasets", "accelerate", "deepspeed")
+"""Whose versions a stage's run record keeps."""
 
 
 @dataclass(frozen=True)
@@ -275,7 +285,7 @@ def train(cfg: SFTStageConfig, prepared: PreparedData | None = None) -> SFTResul
             "seconds": seconds,
             "world_size": world_size(),
             "gradient_accumulation_steps": trainer.args.gradient_accumulation_steps,
-            "versions": _versions(),
+            "versions": package_versions(RECORDED_PACKAGES),
             "cuda": torch.cuda.is_available(),
         }
         (out / "training_info.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
@@ -283,18 +293,6 @@ def train(cfg: SFTStageConfig, prepared: PreparedData | None = None) -> SFTResul
             json.dumps(prepared.report, indent=2, default=str) + "\n"
         )
     return SFTResult(final, metrics, time.monotonic() - t0, prepared.report)
-
-
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in ("torch", "transformers", "trl", "datasets", "accelerate", "deepspeed"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

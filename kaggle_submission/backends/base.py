@@ -10,6 +10,7 @@ the request underneath (vLLM: abort; transformers: drop the row at the next step
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -62,6 +63,17 @@ class Completion:
     completion_tokens: int = 0
     seconds: float = 0.0
     error: str | None = None
+
+    @classmethod
+    def failed(cls, request_id: str, message: str, started: float) -> Completion:
+        """The answer to a request the backend could not serve (`started`: perf_counter)."""
+        return cls(
+            request_id=request_id,
+            text="",
+            finish_reason="error",
+            seconds=time.perf_counter() - started,
+            error=message,
+        )
 
 
 @runtime_checkable

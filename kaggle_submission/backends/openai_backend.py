@@ -645,13 +645,7 @@ class OpenAIBackend:
     def _error(self, request: GenerationRequest, t0: float, message: str) -> Completion:
         self._stats["errors"] += 1
         log.warning("request %s failed: %s", request.request_id, message)
-        return Completion(
-            request_id=request.request_id,
-            text="",
-            finish_reason="error",
-            seconds=time.perf_counter() - t0,
-            error=message,
-        )
+        return Completion.failed(request.request_id, message, t0)
 
 
 def _make_client(

@@ -605,16 +605,7 @@ class TransformersBackend:
 
     def _finish_error(self, req: _Request, message: str) -> None:
         self._bump("errors")
-        self._resolve(
-            req,
-            Completion(
-                request_id=req.request.request_id,
-                text="",
-                finish_reason="error",
-                seconds=time.perf_counter() - req.submitted,
-                error=message,
-            ),
-        )
+        self._resolve(req, Completion.failed(req.request.request_id, message, req.submitted))
 
     def _resolve(self, req: _Request, completion: Completion) -> None:
         """Hand the result to the request's event loop (thread-safe)."""

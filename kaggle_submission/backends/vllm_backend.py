@@ -477,13 +477,7 @@ class VLLMBackend:
         if cause is not None:  # vLLM wraps unexpected errors in an empty EngineGenerateError
             message += f" (caused by {type(cause).__name__}: {cause})"
         log.warning("vLLM request %s failed: %s", request.request_id, message)
-        return Completion(
-            request_id=request.request_id,
-            text="",
-            finish_reason="error",
-            seconds=time.perf_counter() - t0,
-            error=message,
-        )
+        return Completion.failed(request.request_id, message, t0)
 
 
 def _load_chat_template(path: str) -> str | None:
