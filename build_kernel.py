@@ -35,6 +35,7 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
 from kaggle_submission import manifest as mf  # noqa: E402
+from kaggle_submission.competition import get_adapter  # noqa: E402
 from kaggle_submission.notebook_main import COMPETITION_SLUGS  # noqa: E402
 from kaggle_submission.presets import PRESETS, Preset, get_preset, parse_overrides  # noqa: E402
 
@@ -176,6 +177,11 @@ def resolve_preset_input(
         preset = get_preset(base).with_overrides(overrides)
     except (ValueError, TypeError) as exc:
         raise BuildError(f"preset {base!r} with overrides {overrides}: {exc}") from exc
+    # the budget clamps every share to the per-call limit anyway; a cap above it is a mistake
+    limit = get_adapter(preset.competition).PER_CALL_LIMIT_S
+    problem = preset.budget.with_per_call_limit(limit).per_call_problem()
+    if problem:
+        raise BuildError(f"preset {preset.name} ({preset.competition}): {problem}")
     return base, dict(sorted(overrides.items())), preset
 
 
@@ -576,10 +582,12 @@ def wheels_command(
     dest: Path,
     python_version: str = KAGGLE_PYTHON,
     platforms: Sequence[str] = WHEEL_PLATFORMS,
-    no_deps: bool = False,
+    no_deps: bool = True,
     python: str = sys.executable,
 ) -> list[str]:
-    """`pip download` of binary wheels for Kaggle's interpreter, whatever this machine runs."""
+    """`pip download` of binary wheels for Kaggle's interpreter, whatever this machine runs.
+    `--no-deps` by default: requirements.txt is the exact set the image lacks (their
+    dependencies are the image's own; `check_downloaded` proves it)."""
     abi = "cp" + python_version.replace(".", "")
     command = [
         python,
@@ -620,8 +628,15 @@ def dataset_metadata(handle: str, title: str = "AIMO kit wheels") -> dict[str, A
     }
 
 
+def check_downloaded(requirements: Path, dest: Path) -> Any:
+    """The offline resolver check (kaggle_submission.wheelset) on the downloaded wheels."""
+    from kaggle_submission import wheelset
+
+    return wheelset.check_files(requirements, dest)
+
+
 def download_wheels(
-    requirements: Path, dest: Path, handle: str, no_deps: bool = False
+    requirements: Path, dest: Path, handle: str, no_deps: bool = True
 ) -> list[Path]:
     """Download the wheels and write the dataset's metadata beside them."""
     dest.mkdir(parents=True, exist_ok=True)
@@ -694,7 +709,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--wheels-no-deps",
         action="store_true",
-        help="download exactly the listed requirements (a curated, fully pinned list)",
+        help="(the default now: requirements.txt is the exact, curated set; kept for scripts)",
+    )
+    parser.add_argument(
+        "--wheels-closure",
+        action="store_true",
+        help="download every dependency too (the whole closure, ~4.9 GB; no resolver check)",
     )
     return parser
 
@@ -730,11 +750,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.wheels:
         handle = _wheels_dataset(options) or f"{options.owner}/{DEFAULT_WHEELS_SLUG}"
         wheels = download_wheels(
-            options.requirements, Path(args.wheels_dir), handle, args.wheels_no_deps
+            options.requirements, Path(args.wheels_dir), handle, not args.wheels_closure
         )
         print(
             f"wrote {len(wheels)} wheels and dataset-metadata.json ({handle}) to {args.wheels_dir}"
         )
+        if not args.wheels_closure:
+            result = check_downloaded(options.requirements, Path(args.wheels_dir))
+            print(result.render())
+            if not result.ok:
+                print(
+                    "error: the wheel set does not resolve against Kaggle's image: do not "
+                    "upload it",
+                    file=sys.stderr,
+                )
+                return 1
     return 0
 
 

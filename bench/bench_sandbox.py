@@ -2,7 +2,8 @@
 
 Prints one table: per-block latency (warm session, isolated fork, fresh interpreter), kill-to-ready
 after a C-level loop, throughput of 48 sessions x 4 blocks, and the memory (PSS) of 48 live
-sessions plus the template. Not a test: run ``python bench/bench_sandbox.py [--quick]``.
+sessions plus the template, and the cost of one poll of the shared memory limit. Not a test: run
+``python bench/bench_sandbox.py [--quick]``.
 """
 
 from __future__ import annotations
@@ -173,6 +174,17 @@ def main() -> None:
                 f"{total_mib:.0f} MiB (workers {worker_pss / 1024:.0f}, template "
                 f"{template_pss / 1024:.0f}; {worker_pss / 1024 / len(worker_pids):.1f} per "
                 f"session; RSS sum {total_rss / 1024:.0f} MiB)",
+            )
+        )
+        core = sandbox._core
+        poll = median_seconds(core.check_memory, runs)
+        counted_mib = core.check_memory() / 2**20
+        interval = sandbox.config.memory_poll_s
+        rows.append(
+            (
+                f"(f) shared memory limit: one poll over {len(worker_pids)} sessions",
+                f"{poll * 1e3:.2f} ms ({poll / interval:.1%} of a core at one poll per "
+                f"{interval:g} s); counts {counted_mib:.0f} MiB against the PSS above",
             )
         )
         for s in sessions:

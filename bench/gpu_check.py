@@ -91,7 +91,6 @@ def main() -> None:
             num_problems=5,
             startup_reserve_s=0,
             safety_s=2,
-            floor_s=2,
             cap_s=6,
             margin_s=1.0,
         )

@@ -42,6 +42,9 @@ _PR_SET_CHILD_SUBREAPER = 36
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _RECURSIVE_CUTOFF = 3  # same as the traceback module: repeated frames beyond this are counted
 _STRAY_SCAN_S = 1.0  # how often the template looks for orphans reparented to it
+# After a block, threads it started get this long to finish before the kernel is told they are
+# still running (a thread started without join() that prints one line should not cost a restart).
+_THREAD_GRACE_S = 0.05
 
 # Audit events that change the file system, with the positions of their path arguments.
 _PATH_EVENTS: dict[str, tuple[int, ...]] = {
@@ -131,6 +134,23 @@ def _set_limit(which: int, value: int) -> None:
         if hard != resource.RLIM_INFINITY:
             value = min(value, hard)
         resource.setrlimit(which, (value, hard))
+
+
+def _task_count() -> int:
+    """OS threads of this process (threading's count misses ``_thread`` and C threads)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return 1
+
+
+def _fd_identity(fd: int) -> tuple[int, int] | None:
+    """(device, inode) of an open fd, or None if it is closed."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _write_oom_score(value: int) -> None:
@@ -318,20 +338,11 @@ class _Worker:
         self.guard = guard
         self.pid = os.getpid()
         self.sources: dict[int, tuple[Any, list[str]]] = {}
-        self.stdout = io.TextIOWrapper(
-            io.FileIO(1, "w", closefd=False),
-            encoding="utf-8",
-            errors="backslashreplace",
-            line_buffering=True,
-        )
-        self.stderr = io.TextIOWrapper(
-            io.FileIO(2, "w", closefd=False),
-            encoding="utf-8",
-            errors="backslashreplace",
-            line_buffering=True,
-            write_through=True,
-        )
+        self.pipe = _fd_identity(out_fd)  # the output pipe, to notice when code breaks it
+        self.stdout = _text_stream(1, write_through=False)
+        self.stderr = _text_stream(2, write_through=True)
         self.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as the worker
+        self.reopened: list[str] = []  # streams the current block closed (reported, then reset)
         self._send = _send_msg
         self._exit = os._exit
 
@@ -355,6 +366,8 @@ class _Worker:
     def run_block(self, code: str, echo: bool) -> dict[str, Any]:
         """Execute one block; output goes to fds 1/2, the reply says how it ended."""
         self._restore_stdio()
+        self.reopened = []
+        threads_before = _task_count()
         if self.guard is not None:
             self.guard.forks = 0
             self.guard.spawned = False
@@ -381,11 +394,43 @@ class _Worker:
             self._exit(0 if ok else (exit_code if isinstance(exit_code, int) else 1))
         if self.guard is not None and self.guard.spawned:
             _kill_group_members(os.getpgid(0), os.getpid())
+        self._reopen_closed()
         return {
             "ok": ok,
             "error": error,
             "exit_code": exit_code if isinstance(exit_code, int) else None,
+            "reopened": self.reopened,
+            "threads": self._threads_left(threads_before),
+            "output_broken": _fd_identity(self.out_fd) != self.pipe,
         }
+
+    def _threads_left(self, before: int) -> int:
+        """Threads the block left running (after a short grace for ones about to finish)."""
+        if _task_count() <= before:
+            return 0
+        deadline = time.monotonic() + _THREAD_GRACE_S
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            with contextlib.suppress(BaseException):
+                for thread in threading.enumerate():
+                    if thread is not threading.main_thread():
+                        thread.join(max(0.0, deadline - time.monotonic()))
+        while _task_count() > before and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return max(0, _task_count() - before)
+
+    def _reopen_closed(self) -> None:
+        """Replace the worker's own stdout/stderr objects if the block closed them.
+
+        ``sys.stdout.close()`` closes the object every later block would print to; restoring
+        ``sys.stdout`` alone would hand back the closed object. The fds stay open (closefd=False).
+        """
+        if self.stdout.closed:
+            self.stdout = _text_stream(1, write_through=False)
+            self.reopened.append("sys.stdout")
+        if self.stderr.closed:
+            self.stderr = _text_stream(2, write_through=True)
+            self.reopened.append("sys.stderr")
 
     def _restore_stdio(self) -> None:
         """Undo what an earlier block did to fds 0-2 or sys.std* (closing fd 1, say)."""
@@ -424,12 +469,25 @@ class _Worker:
     def _print_error(self, text: str) -> None:
         with contextlib.suppress(BaseException):
             self.stdout.flush()
+        self._reopen_closed()  # the traceback must not be lost because the code closed stderr
+        with contextlib.suppress(BaseException):
             self.stderr.write(text)
 
     def _flush(self) -> None:
         for stream in (sys.stdout, sys.stderr, self.stdout, self.stderr):
             with contextlib.suppress(BaseException):
                 stream.flush()
+
+
+def _text_stream(fd: int, write_through: bool) -> io.TextIOWrapper:
+    """A line-buffered UTF-8 text stream on fd 1 or 2 that never closes the fd itself."""
+    return io.TextIOWrapper(
+        io.FileIO(fd, "w", closefd=False),
+        encoding="utf-8",
+        errors="backslashreplace",
+        line_buffering=True,
+        write_through=write_through,
+    )
 
 
 def _kill_group_members(pgid: int, keep: int) -> None:

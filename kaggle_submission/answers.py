@@ -9,7 +9,9 @@ Design choices that differ from the AIMO-1 winner on purpose (see FIELD_NOTES.md
 
 - Non-integers are rejected, never rounded (``round(float("2.6")) == 3`` scored wrong answers).
 - Negative answers are rejected, never reduced (``-5 % 1000 == 995`` looks plausible).
-- Reducing mod 1000 is an explicit opt-in (``AnswerPolicy.reduce_modulo``), off in every preset.
+- Reduction follows each competition's rules: AIMO-1 and AIMO-2 define the answer as "a
+  non-negative integer, reported modulo 1000", so their policies reduce (2024 -> 24, and 2024
+  and 24 vote together); AIMO-3 keeps 0..99999 with no implied modulus.
 - The box is found by brace matching, not ``boxed{(.*?)}``, so nested braces work.
 """
 
@@ -58,17 +60,19 @@ _MAX_DEPTH = 32  # nesting of parentheses/braces/fractions the parser follows
 
 @dataclass(frozen=True)
 class AnswerPolicy:
-    """How a competition wants answers. Presets: AIMO1, AIMO2 (0..999), AIMO3 (0..99999).
+    """How a competition wants answers. Presets: AIMO1, AIMO2 (non-negative, mod 1000), AIMO3
+    (0..99999, no modulus).
 
-    Negative integers are never admitted, whatever the range: a negative final answer is a wrong
-    answer, and reducing it (``-5 % 1000 == 995``) would turn it into a plausible-looking one.
+    Negative integers are never admitted, whatever the range: the competitions define the answer
+    as a non-negative integer, and reducing a negative one (``-5 % 1000 == 995``) would turn a
+    wrong answer into a plausible-looking one.
     """
 
     min_value: int = 0
     max_value: int = 999
     reduce_modulo: int | None = None
-    """Opt-in: a non-negative integer outside the range is reduced mod this (the AIMO-1 winner
-    reduced mod 1000). Off by default because it turns wrong answers into confident ones."""
+    """A non-negative integer outside the range is reduced mod this, when the competition says
+    so (AIMO-1/2: "report modulo 1000"); None: such answers are invalid (AIMO-3)."""
     fallback: int = 0
     """Answer submitted when no rollout produced a valid one."""
     accept_answer_is: bool = True
@@ -116,11 +120,18 @@ class AnswerPolicy:
                 return n
         return None
 
+    def truth(self, value: int) -> int:
+        """The answer the competition counts as right for a problem whose true answer is
+        ``value``: reduced as an answer would be (1296 -> 296 under mod 1000), so scoring agrees
+        with voting; unchanged when the policy can never admit it (a negative truth), so that no
+        admitted answer ever matches it."""
+        admitted = self.admit(value)
+        return value if admitted is None else admitted
 
-# AIMO-1 reported answers mod 1000, but the preset still does not reduce: build
-# ``AnswerPolicy(reduce_modulo=1000)`` to reproduce the winner's behaviour.
-AIMO1_POLICY = AnswerPolicy(min_value=0, max_value=999, name="aimo1")
-AIMO2_POLICY = AnswerPolicy(min_value=0, max_value=999, name="aimo2")
+
+# "The answer is a non-negative integer, which you should report modulo 1000" (AIMO-1, AIMO-2).
+AIMO1_POLICY = AnswerPolicy(min_value=0, max_value=999, reduce_modulo=1000, name="aimo1")
+AIMO2_POLICY = AnswerPolicy(min_value=0, max_value=999, reduce_modulo=1000, name="aimo2")
 AIMO3_POLICY = AnswerPolicy(min_value=0, max_value=99999, name="aimo3")
 POLICIES: dict[str, AnswerPolicy] = {p.name: p for p in (AIMO1_POLICY, AIMO2_POLICY, AIMO3_POLICY)}
 

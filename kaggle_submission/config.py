@@ -44,6 +44,18 @@ class EngineConfig:
         early_stop: consensus rule (None: never stop early).
         drain_seconds: after cancelling at the deadline, how long to wait for in-flight work to
             acknowledge before returning.
+        silence_timeout_s: requests in flight and no progress (tokens where the backend counts
+            them, else completions) for this long means the engine is dead: the problem ends
+            with what finished and the kernel rebuilds the engine. Without a token count it
+            must exceed the slowest legitimate call (max_tokens_per_call at the slowest
+            per-rollout rate: ~200 s for 2048 tokens at 10 tokens/s on 2xT4). None: off.
+        hang_grace_s: the Solver's watchdog gives up this long after the deadline when the
+            engine has not returned. Draining after cancellation takes under a second
+            (bench/bench_drain.py, N=48 with live sandboxes, a loaded 2-core machine: median
+            0.37 s, p95 0.55 s, max 0.88 s); the default is ~10x that max, since a false
+            alarm costs a finished vote and a rebuild while a true hang costs only the grace. The
+            kernel uses max(hang_grace_s, budget.margin_s): the budget's margin is how late the
+            engine is expected to return, the grace how late it may be before it counts as hung.
     """
 
     num_rollouts: int = 48
@@ -62,6 +74,8 @@ class EngineConfig:
     error_code_weight: float = 1.0
     early_stop: ConsensusStop | None = field(default_factory=ConsensusStop)
     drain_seconds: float = 0.05
+    silence_timeout_s: float | None = 300.0
+    hang_grace_s: float = 10.0
 
     def __post_init__(self) -> None:
         if self.num_rollouts < 1 or self.max_calls < 1 or self.max_tokens_per_call < 1:
@@ -70,6 +84,36 @@ class EngineConfig:
             raise ValueError("error_code_weight must be in (0, 1]")
         if not self.stop:
             raise ValueError("stop needs at least the code-output fence")
+        if self.silence_timeout_s is not None and self.silence_timeout_s <= 0:
+            raise ValueError("silence_timeout_s must be positive (None turns it off)")
+        if self.hang_grace_s < 0:
+            raise ValueError("hang_grace_s must be >= 0")
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """How the kernel recovers a dead engine, paid from the run's time budget.
+
+    Attributes:
+        min_share_s: a rebuild is paid only if afterwards every problem left (this one
+            excluded) still gets this much on average; otherwise it is skipped and the rest
+            are answered with the fallback at once (an engine that cannot be used is not
+            worth its load time).
+        build_estimate_s: what a rebuild costs; None: the measured build of the first engine.
+        close_timeout_s: how long the old engine gets to shut down cleanly before its
+            processes are killed (the new one is built only after that).
+        max_rebuilds: rebuild attempts in a run, failed ones included: an engine that keeps
+            dying is not cured by rebuilding it, and every attempt costs a model load.
+    """
+
+    min_share_s: float = 10.0
+    build_estimate_s: float | None = None
+    close_timeout_s: float = 30.0
+    max_rebuilds: int = 3
+
+    def __post_init__(self) -> None:
+        if self.min_share_s < 0 or self.close_timeout_s <= 0:
+            raise ValueError("min_share_s must be >= 0 and close_timeout_s positive")
 
 
 def override(obj: T, **changes: Any) -> T:

@@ -19,7 +19,7 @@ from .competition.gateway import GatewayRow, run_local_gateway
 from .config import override
 from .kernel import Kernel
 from .presets import Preset, get_preset
-from .problems import Problem, load_problems
+from .problems import Problem, load_problems, truths, unanswerable
 from .report import fmt_value, summarize, write_report
 from .traces import TraceWriter, read_traces
 
@@ -152,7 +152,7 @@ def dry_run(options: DryRunOptions, stream: TextIO | None = None) -> dict[str, A
     ordered = [traces[r.key] for r in gateway.rows if r.key in traces]
     summary = summarize(
         ordered,
-        {p.key: p.answer for p in problems},
+        truths(problems, preset.policy),
         {
             "banner": DEMO_BANNER if demo else "",
             "data": data_name,
@@ -164,11 +164,7 @@ def dry_run(options: DryRunOptions, stream: TextIO | None = None) -> dict[str, A
             "submission": str(gateway.submission_path),
             "gateway_correct": gateway.correct,
             "gateway_violations": gateway.violations,
-            "unanswerable": [
-                p.key
-                for p in problems
-                if p.answer is not None and preset.policy.admit(p.answer) != p.answer
-            ],
+            "unanswerable": [p.key for p in unanswerable(problems, preset.policy)],
             "wall_seconds": time.monotonic() - run_started,
         },
     )
@@ -216,7 +212,7 @@ def ablate_code_execution(
         )
         writer.write(solution.trace)
         traces.append(solution.trace)
-    ablation = summarize(traces, {p.key: p.answer for p in problems}, {})
+    ablation = summarize(traces, truths(problems, preset.policy), {})
     print(
         f"without code execution: accuracy {ablation['correct']}/{ablation['scored']}, "
         f"single sample {fmt_value(ablation['single_sample'])}",

@@ -14,15 +14,24 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .answers import AIMO1_POLICY, AnswerPolicy, Vote, extract_answer, extract_boxed, vote
-from .backends.base import Backend, GenerationRequest, SamplingParams, problem_key
+from .backends.base import (
+    ENGINE_FAILURES,
+    Backend,
+    Completion,
+    GenerationRequest,
+    SamplingParams,
+    classify_exception,
+    problem_key,
+)
 from .config import EngineConfig, to_dict
 from .prompts import format_output_block, format_prompt, has_code_block, last_code_block
 from .sandbox import ExecResult
@@ -42,6 +51,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Why a solve failed, for the kernel: the backend's failure kinds (backends/base.py), plus
+# "stuck" (the event loop stopped answering: the watchdog gave up on it). Only "engine_dead",
+# "oom" and "stuck" call for a rebuild; "request" and "context" cost this problem only.
+SolveFailure = Literal["request", "context", "engine_dead", "oom", "stuck"]
+REBUILD_FAILURES: frozenset[str] = ENGINE_FAILURES | {"stuck"}
+
 
 @dataclass(frozen=True)
 class Solution:
@@ -53,6 +68,7 @@ class Solution:
     seconds: float
     trace: SolveTrace
     error: str | None = None
+    failure: SolveFailure | None = None
 
 
 def rollout_seed(base: int, rollout: int, call: int) -> int:
@@ -113,6 +129,14 @@ class _ProblemRun:
         self.rollouts = [RolloutTrace(index=i) for i in range(config.num_rollouts)]
         self.sessions: list[Session] = []
         self.barrier = _RoundBarrier(config.num_rollouts) if config.round_barrier else None
+        # what ends the whole solve early: (failure kind, message), set by a rollout
+        self.fatal: tuple[SolveFailure, str] | None = None
+        self.failures: dict[int, SolveFailure | None] = {}  # failed rollouts' failure kinds
+        # the silence watchdog: requests in flight and when progress was last seen
+        self.in_flight = 0
+        self.last_progress = time.monotonic()
+        self._progress = getattr(backend, "progress", None)
+        self._progress_mark: Any = None
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -152,7 +176,11 @@ class _ProblemRun:
                 call=call,
             )
             started = self.elapsed()
-            completion = await self.backend.generate(request)
+            completion = await self._generate(request)
+            failure = completion.failure if completion.finish_reason == "error" else None
+            if failure == "context" and attempt_text:
+                # the rollout's context is full: it ends unfinished, not as an error
+                completion = dataclasses.replace(completion, finish_reason="length")
             trace.segments.append(
                 GenerationSegment(
                     call=call,
@@ -170,6 +198,11 @@ class _ProblemRun:
             if completion.finish_reason in ("error", "abort"):
                 trace.status = "error"
                 trace.error = completion.error or completion.finish_reason
+                self.failures[trace.index] = failure
+                if failure == "context":  # the problem's own prompt does not fit
+                    self.fail("context", f"prompt too long: {trace.error}")
+                elif failure in ENGINE_FAILURES:
+                    self.fail(failure, trace.error)  # type: ignore[arg-type]
                 return
             text = completion.text
             attempt_text += text
@@ -237,6 +270,43 @@ class _ProblemRun:
             )
         trace.status = "exhausted"
 
+    async def _generate(self, request: GenerationRequest) -> Completion:
+        """The backend's completion; an exception escaping it (a backend that could not even
+        answer) becomes a failed completion, classified, by default a dead engine."""
+        self.in_flight += 1
+        if self.in_flight == 1:  # silence counts from the first request in flight
+            self.last_progress = time.monotonic()
+        t0 = time.perf_counter()
+        try:
+            return await self.backend.generate(request)
+        except Exception as exc:
+            kind = classify_exception(exc, default="engine_dead")
+            message = f"{type(exc).__name__}: {exc}"
+            return Completion.failed(request.request_id, message, t0, kind)
+        finally:
+            self.in_flight -= 1
+            self.last_progress = time.monotonic()
+
+    def fail(self, failure: SolveFailure, message: str) -> None:
+        """End the solve early (the first reason wins): a dead engine, a prompt too long."""
+        if self.fatal is None:
+            self.fatal = (failure, message)
+
+    def silent_for(self) -> float:
+        """Seconds since the engine last made progress while requests were in flight."""
+        now = time.monotonic()
+        if self._progress is not None:
+            try:
+                mark = self._progress()
+            except Exception:  # a counter must never cost an answer
+                mark = None
+            if mark != self._progress_mark:
+                self._progress_mark = mark
+                self.last_progress = now
+        if self.in_flight == 0:
+            return 0.0
+        return now - self.last_progress
+
     def _has_answer(self, text: str) -> bool:
         return extract_boxed(text) is not None or extract_answer(text, self.policy) is not None
 
@@ -278,8 +348,11 @@ async def solve_async(
     started_at = time.time()
     stop_reason: StopReason = "finished"
     error: str | None = None
+    failure: SolveFailure | None = None
     finished: list[RolloutTrace] = []
     tasks: dict[asyncio.Task[None], RolloutTrace] = {}
+    silence = config.silence_timeout_s
+    poll = None if silence is None else min(1.0, silence / 4)
     try:
         tasks = {asyncio.create_task(run.rollout(t)): t for t in run.rollouts}
         pending = set(tasks)
@@ -288,6 +361,17 @@ async def solve_async(
             if timeout is not None and timeout <= 0:
                 stop_reason = "deadline"
                 break
+            if silence is not None:
+                quiet = run.silent_for()
+                if quiet >= silence:
+                    stop_reason, failure = "error", "engine_dead"
+                    error = (
+                        f"the engine produced nothing for {quiet:.1f} s with "
+                        f"{run.in_flight} requests in flight"
+                    )
+                    log.error("problem %s: %s; treating it as dead", problem_id, error)
+                    break
+                timeout = poll if timeout is None else min(timeout, poll)
             done, pending = await asyncio.wait(
                 pending, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
@@ -299,6 +383,11 @@ async def solve_async(
                     trace.error = repr(exc) if exc is not None else "cancelled"
                     log.warning("rollout %d of %s failed: %r", trace.index, problem_id, exc)
                 finished.append(trace)
+            if run.fatal is not None:
+                failure, error = run.fatal
+                stop_reason = "prompt_too_long" if failure == "context" else "error"
+                log.error("problem %s: %s (%s); stopping it", problem_id, error, failure)
+                break
             rule = config.early_stop
             if (
                 pending
@@ -324,6 +413,8 @@ async def solve_async(
             executor.shutdown(wait=False)
     if error is None and finished and all(t.status == "error" for t in run.rollouts):
         stop_reason, error = "error", "every rollout failed in the backend"
+        kinds = {run.failures.get(t.index) for t in run.rollouts}
+        failure = kinds.pop() if len(kinds) == 1 else None  # type: ignore[assignment]
     answered = [t for t in finished if t.answer is not None and t.status == "answered"]
     result = vote([t.answer for t in answered], policy, weights=[run.weight(t) for t in answered])
     seconds = run.elapsed()
@@ -348,11 +439,16 @@ async def solve_async(
         rollouts=run.rollouts,
         error=error,
     )
-    return Solution(result.answer, result, stop_reason, seconds, trace, error)
+    return Solution(result.answer, result, stop_reason, seconds, trace, error, failure)
 
 
 def fallback_solution(
-    problem: str, problem_id: str, config: EngineConfig, policy: AnswerPolicy, error: str
+    problem: str,
+    problem_id: str,
+    config: EngineConfig,
+    policy: AnswerPolicy,
+    error: str,
+    failure: SolveFailure | None = None,
 ) -> Solution:
     """The answer when the engine could not produce one: the policy's fallback, with why."""
     result = vote([], policy)
@@ -371,7 +467,7 @@ def fallback_solution(
         rollouts=[],
         error=error,
     )
-    return Solution(result.answer, result, "error", 0.0, trace, error)
+    return Solution(result.answer, result, "error", 0.0, trace, error, failure)
 
 
 def describe_backend(backend: Backend) -> dict[str, Any]:
@@ -459,11 +555,49 @@ class EngineLoop:
             self.loop.close()
 
 
+def kill_backend(backend: Backend) -> None:
+    """Free a backend's engine from this thread even if its event loop is stuck (its optional
+    `kill`); never raises: a rebuild must go on."""
+    kill = getattr(backend, "kill", None)
+    if kill is None:
+        return
+    try:
+        kill()
+    except Exception:
+        log.exception("killing the %s backend failed", getattr(backend, "name", "?"))
+
+
+def _tracking(source: BackendSource, built: list[Backend]) -> BackendSource:
+    """`source`, recording every backend it builds (the fallback's too), so that a build cut
+    off by its deadline can still be killed."""
+    if isinstance(source, Backend):
+        built.append(source)
+        return source
+    factory = source
+
+    def tracked() -> Backend:
+        backend = factory()
+        built.append(backend)
+        return backend
+
+    fallback = getattr(source, "fallback", None)
+    if fallback is not None:
+
+        def tracked_fallback() -> Backend:
+            backend = fallback()
+            built.append(backend)
+            return backend
+
+        tracked.fallback = tracked_fallback  # type: ignore[attr-defined]
+    return tracked
+
+
 class Solver:
     """A synchronous front for `solve_async`, usable from any thread (gRPC workers included).
 
     It owns one `EngineLoop` for its whole life; a hang watchdog turns a stuck engine into a
-    fallback answer instead of a stuck run.
+    fallback answer instead of a stuck run. `hang_grace_s` (default: the config's) is how long
+    after the deadline the watchdog waits; see EngineConfig.hang_grace_s.
     """
 
     def __init__(
@@ -473,10 +607,10 @@ class Solver:
         config: EngineConfig,
         policy: AnswerPolicy = AIMO1_POLICY,
         trace_writer: TraceWriter | None = None,
-        hang_grace_s: float = 5.0,
+        hang_grace_s: float | None = None,
     ) -> None:
         self.sandbox = sandbox
-        self.hang_grace_s = hang_grace_s
+        self.hang_grace_s = config.hang_grace_s if hang_grace_s is None else hang_grace_s
         self.config = config
         self.policy = policy
         self.trace_writer = trace_writer
@@ -501,8 +635,10 @@ class Solver:
         """Solve one problem before `deadline` (time.monotonic); always returns a Solution.
 
         A watchdog gives up `hang_grace_s` after the deadline even if the event loop itself is
-        stuck (a backend blocking it), so a hang costs one answer, not the run. `write_trace`
-        off keeps a measurement (an ablation) out of the run's trace file.
+        stuck (a backend blocking it), so a hang costs one answer, not the run; the solution's
+        failure is then "stuck". If the loop still answers, the solve is late, not stuck, and it
+        gets one more grace so that its vote is kept. `write_trace` off keeps a measurement (an
+        ablation) out of the run's trace file.
         """
         config = config or self.config
         future = self._engine_loop.submit(
@@ -519,16 +655,21 @@ class Solver:
         )
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            solution = future.result(None if timeout is None else timeout + self.hang_grace_s)
+            try:
+                solution = future.result(None if timeout is None else timeout + self.hang_grace_s)
+            except concurrent.futures.TimeoutError:
+                if not self.responsive(min(1.0, max(0.1, self.hang_grace_s))):
+                    raise
+                log.warning("problem %s: late past the deadline but the loop runs", problem_id)
+                solution = future.result(self.hang_grace_s)
         except Exception as exc:
             future.cancel()
-            reason = (
-                "the engine hung past the deadline"
-                if isinstance(exc, concurrent.futures.TimeoutError)
-                else f"{type(exc).__name__}: {exc}"
-            )
+            hung = isinstance(exc, concurrent.futures.TimeoutError)
+            reason = "the engine hung past the deadline" if hung else f"{type(exc).__name__}: {exc}"
             log.error("problem %s: %s; submitting the fallback", problem_id, reason)
-            solution = fallback_solution(problem, problem_id, config, self.policy, reason)
+            solution = fallback_solution(
+                problem, problem_id, config, self.policy, reason, "stuck" if hung else None
+            )
         if write_trace and self.trace_writer is not None:
             try:
                 self.trace_writer.write(solution.trace)
@@ -536,23 +677,45 @@ class Solver:
                 log.exception("could not write the trace of %s", problem_id)
         return solution
 
-    def rebuild(self, backend: BackendSource) -> None:
-        """Replace a broken backend (engine error, out of memory, hang): close it, build anew.
+    def rebuild(
+        self,
+        backend: BackendSource,
+        timeout: float | None = None,
+        close_timeout: float = 30.0,
+    ) -> None:
+        """Replace a dead backend (dead engine, out of memory, hang): free it, then build anew.
 
-        A loop that a hung backend blocks is abandoned (its daemon thread is left to the hang)
-        and the new backend gets a new loop.
+        The old engine is freed first, so two never share the GPU: closed on its loop (at most
+        `close_timeout`), then killed (`kill_backend`: its processes, its memory) whatever the
+        close did. A loop that a hung backend blocks is abandoned after the kill (its daemon
+        thread is left to the hang) and the new backend gets a new loop. The build must finish
+        within `timeout` seconds of the call (the budget's allowance, freeing included): past
+        it, what was built is killed and TimeoutError is raised.
         """
-        if self.responsive():
-            self._close_backend()
+        ends = None if timeout is None else time.monotonic() + timeout
+        old = self.backend
+        if self.responsive(min(1.0, max(0.1, self.hang_grace_s))):
+            self._close_backend(close_timeout)
+            kill_backend(old)
         else:
-            log.error("the engine's event loop is stuck; moving to a new one")
+            log.error("the engine's event loop is stuck; killing its backend, new loop")
+            kill_backend(old)
             self._engine_loop = EngineLoop()
-        self.backend = self._engine_loop.call(start_backend(backend))
+        built: list[Backend] = []
+        timeout = None if ends is None else max(0.0, ends - time.monotonic())
+        try:
+            self.backend = self._engine_loop.call(start_backend(_tracking(backend, built)), timeout)
+        except BaseException as exc:
+            if isinstance(exc, concurrent.futures.TimeoutError):
+                log.error("the engine build ran past its %.0f s allowance: killing it", timeout)
+            for new in built:
+                kill_backend(new)
+            raise
 
     def _close_backend(self, timeout: float = 60.0) -> None:
         try:
             self._engine_loop.call(self.backend.aclose(), timeout)
-        except Exception:  # a dead engine may fail to close; go on
+        except Exception:  # a dead engine may fail to close; go on (the caller kills it)
             log.exception("closing the backend failed")
 
     def close(self) -> None:
@@ -562,6 +725,8 @@ class Solver:
         try:
             if self.responsive():
                 self._close_backend()
+            else:  # its loop is stuck: free the engine from here
+                kill_backend(self.backend)
         finally:
             self._engine_loop.close()
             self._executor.shutdown(wait=False, cancel_futures=True)

@@ -4,10 +4,13 @@ Start-up order (ARCHITECTURE.md, "Start-up order inside the Kaggle notebook"):
 
 1. `install_requirements` (the install cell): the kit's requirements from the attached wheels
    dataset, `pip install --no-index --find-links`, before anything imports them;
-2. `main` (the run cell): the kernel's sandbox template (forked before any CUDA context exists)
-   -> the weights, found under the input mounts through the weights manifest and size-checked
-   -> the engine (CUDA) -> the competition's adapter (AIMO-1's `aimo` env loop, AIMO-2/3's
-   kaggle_evaluation server) -> one `Kernel.answer` per problem.
+2. `main` (the run cell): the competition's adapter starts serving at once (AIMO-2/3's
+   kaggle_evaluation server, AIMO-1's `aimo` env loop: the same path for all three) while a
+   background thread builds the kernel: the sandbox template (forked before any CUDA context
+   exists) -> the weights, found under the input mounts through the weights manifest and
+   size-checked -> the engine (CUDA). Each problem's call waits for that build, then goes to
+   `Kernel.answer`; a failed build answers every problem with the fallback. Kaggle's gateway
+   gives the server 15 minutes from its first dial, and the build no longer counts against it.
 
 Off Kaggle (no /kaggle/input) `main` serves the kit's own local gateway on a CSV instead and writes
 the submission file in the competition's format, so the built notebook runs anywhere (tests execute
@@ -130,13 +133,24 @@ def find_wheels(handle: str, roots: Sequence[Path]) -> Path | None:
     return None
 
 
-def pip_install_command(wheels_dir: Path, requirements: Path) -> list[str]:
-    """The offline install: only the attached wheels, never an index (there is no internet)."""
-    return [
-        sys.executable,
-        "-m",
-        "pip",
+def pip_install_command(
+    wheels_dir: Path,
+    requirements: Path,
+    *,
+    python: str | os.PathLike[str] | None = None,
+    report: Path | None = None,
+) -> list[str]:
+    """The offline install: only the attached wheels, never an index (there is no internet),
+    no pip configuration (`--isolated`), and `--no-deps`: exactly the pinned lines, which the
+    dry run (`report` given: `--dry-run --report`, resolving dependencies against the
+    installed image) has proved are all that pip would install. `python`: another interpreter
+    to install into (pip's `--python`; tests use a bare venv)."""
+    command = [sys.executable, "-m", "pip"]
+    if python is not None and str(python) != sys.executable:
+        command += ["--python", str(python)]
+    command += [
         "install",
+        "--isolated",
         "--no-index",
         "--find-links",
         str(wheels_dir),
@@ -145,6 +159,8 @@ def pip_install_command(wheels_dir: Path, requirements: Path) -> list[str]:
         "--no-warn-script-location",
         "--disable-pip-version-check",
     ]
+    command += ["--dry-run", "--report", str(report)] if report is not None else ["--no-deps"]
+    return command
 
 
 def install_requirements(
@@ -154,13 +170,18 @@ def install_requirements(
     *,
     mode: str | None = None,
     execute: bool = True,
+    python: str | os.PathLike[str] | None = None,
 ) -> list[str] | None:
     """The install cell: pip-install `requirements` from the attached wheels dataset.
 
     Skipped with a message off Kaggle (the local environment already holds the requirements)
     and when no dataset is configured. On Kaggle a missing dataset raises at once, naming every
     place looked at: a submission without its pinned engine would only fail later, less clearly.
-    Returns the command (run unless `execute` is false), or None when skipped.
+    Before installing, a dry run resolves the set against the installed image: if it does not
+    resolve, needs a wheel the requirements do not pin, or would change torch, it raises
+    `WheelSetError` with nothing installed (in the commit run, before serving). It then prints
+    what it installed (name, image version -> new) and checks the versions landed.
+    Returns the install command (run unless `execute` is false), or None when skipped.
     """
     if run_mode(mode) != "kaggle":
         print("not on Kaggle (no /kaggle/input): skipping the offline install")
@@ -176,11 +197,50 @@ def install_requirements(
             f"wheels dataset {dataset} is not attached (no *.whl found); add it to the notebook's "
             f"inputs (kernel-metadata.json dataset_sources). Looked in:\n  {looked}"
         )
-    command = pip_install_command(wheels, Path(requirements))
+    requirements = Path(requirements)
+    command = pip_install_command(wheels, requirements, python=python)
+    if not execute:
+        print("$ " + " ".join(command), flush=True)
+        return command
+    import json
+    import tempfile
+
+    from . import wheelset as ws
+
+    started = time.monotonic()
+    pins = ws.parse_requirements(requirements.read_text(encoding="utf-8"))
+    env = ws.clean_pip_env()
+    target = str(python or sys.executable)
+    before = ws.installed_versions(target)
+    with tempfile.TemporaryDirectory(prefix="aimo-dry-run-") as tmp:
+        report_path = Path(tmp) / "report.json"
+        dry = pip_install_command(wheels, requirements, python=python, report=report_path)
+        print("$ " + " ".join(dry), flush=True)
+        done = subprocess.run(dry, capture_output=True, text=True, env=env)
+        if done.returncode != 0:
+            raise ws.WheelSetError(
+                f"the wheel set in {wheels} does not resolve on this image; nothing was "
+                f"installed:\n{ws.pip_error(done.stdout, done.stderr)}"
+            )
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    plan = ws.dry_run_plan(report, pins, before)
+    print(f"dry run: {len(plan.installs)} to install\n{plan.describe()}", flush=True)
     print("$ " + " ".join(command), flush=True)
-    if execute:
-        subprocess.run(command, check=True)
-        importlib.invalidate_caches()
+    subprocess.run(command, check=True, env=env)
+    after = ws.installed_versions(target)
+    wrong = [
+        f"{name}: {after.get(ws.canonical(name))} installed, {new} expected"
+        for name, _, new in plan.installs
+        if after.get(ws.canonical(name)) != new
+    ]
+    if wrong:
+        raise ws.WheelSetError("the install did not give the planned versions: " + "; ".join(wrong))
+    importlib.invalidate_caches()
+    print(
+        f"installed {len(plan.installs)} wheels from {wheels} in "
+        f"{time.monotonic() - started:.1f} s; torch stays {after.get('torch', 'absent')}",
+        flush=True,
+    )
     return command
 
 
@@ -284,6 +344,9 @@ class RunResult:
     correct: int = 0
     violations: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    t_serving_s: float | None = None
+    t_engine_ready_s: float | None = None
+    engine_error: str | None = None
 
 
 def _env_flag(name: str) -> bool:
@@ -325,12 +388,15 @@ def main(
     shuffle_seed: int | None = 0,
     log_level: str = "INFO",
 ) -> RunResult:
-    """The run cell: kernel (sandbox, weights, engine), then the competition's serving loop.
+    """The run cell: the competition's serving loop at once, the kernel (sandbox, weights,
+    engine) built in the background meanwhile (`kernel.BackgroundStart`).
 
     `started_at` is the notebook's first-cell `time.time()`: the budget counts the install and
     start-up against the competition's limit. Keyword arguments left None fall back to the
-    environment variables in `ENV`.
+    environment variables in `ENV`. The result carries the seconds from this call's start to
+    "server accepting calls" (`t_serving_s`) and to "engine ready" (`t_engine_ready_s`).
     """
+    cell_started = time.monotonic()
     _setup_logging(log_level)
     t0 = time.time()
     started = started_at if started_at is not None else t0
@@ -368,13 +434,22 @@ def main(
         def weights() -> Path:
             return find_weights(spec, manifest_path, roots, explicit_dir, hashes)
 
+    from .competition import get_adapter
+    from .kernel import BackgroundStart
+
+    adapter = get_adapter(spec.competition)
     result = RunResult(chosen, spec.name, spec.competition, kit)
     kernel = make_kernel(spec, weights, out / "traces.jsonl", run_started, explicit_dir)
+    build = BackgroundStart(kernel, adapter.PER_CALL_LIMIT_S, cell_started)
     counter = {"n": 0}
+
+    def on_serving() -> None:
+        build.serving()
+        build.begin()
 
     def answer(problem_id: str, problem: str) -> int:
         start = time.monotonic()
-        value = kernel.answer(problem_id, problem)
+        value = build.answer(problem_id, problem)
         counter["n"] += 1
         log.info(
             "problem %s -> %d in %.1f s (%d answered, %.0f s left in the budget)",
@@ -386,33 +461,50 @@ def main(
         )
         return value
 
-    with kernel:
-        result.model = str(kernel.model_path or "")
+    try:
         if chosen == "kaggle":
-            _serve_kaggle(spec.competition, answer, roots)
-            from .competition import get_adapter
-
-            submission = Path.cwd() / get_adapter(spec.competition).SUBMISSION_FILE
+            _serve_kaggle(spec.competition, answer, roots, on_serving)
+            submission = Path.cwd() / adapter.SUBMISSION_FILE
             result.submission = str(submission) if submission.exists() else None
         else:
             from .competition.gateway import run_local_gateway
 
             assert problems is not None
+            on_serving()
             gateway = run_local_gateway(
                 spec.competition, problems, answer, out, shuffle_seed=shuffle_seed
             )
             result.submission = str(gateway.submission_path)
             result.scored, result.correct = gateway.scored, gateway.correct
             result.violations = list(gateway.violations)
+    finally:
+        build.close()
+    result.model = str(kernel.model_path or "")
+    result.t_serving_s, result.t_engine_ready_s = build.t_serving_s, build.t_engine_ready_s
+    if build.error is not None:
+        result.engine_error = f"{type(build.error).__name__}: {build.error}"
     result.answered = counter["n"]
     result.seconds = time.time() - t0
     summary = f"{result.answered} problems answered in {result.seconds:.0f} s"
     if result.scored:
         summary += f", {result.correct}/{result.scored} correct"
     log.info("%s; submission %s", summary, result.submission)
+    log.info(
+        "start-up: server accepting calls after %s s, engine ready after %s s (from the run cell)",
+        _seconds(result.t_serving_s),
+        _seconds(result.t_engine_ready_s),
+    )
+    if result.engine_error:
+        log.error(
+            "the engine never started (%s): every answer was the fallback", result.engine_error
+        )
     for violation in result.violations:
         log.warning("gateway: %s", violation)
     return result
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _local_problems(local_csv: str | os.PathLike[str] | None) -> list[Any]:
@@ -428,11 +520,16 @@ def _local_problems(local_csv: str | os.PathLike[str] | None) -> list[Any]:
 
 
 def _serve_kaggle(
-    competition: str, answer: Callable[[str, str], int], roots: Sequence[Path]
+    competition: str,
+    answer: Callable[[str, str], int],
+    roots: Sequence[Path],
+    on_serving: Callable[[], None] | None = None,
 ) -> None:
     """Kaggle's own API: the `aimo` env (AIMO-1) or the kaggle_evaluation server (AIMO-2/3),
-    which serves on the competition rerun and runs Kaggle's local gateway on test.csv otherwise."""
+    which serves on the competition rerun and runs Kaggle's local gateway on test.csv otherwise.
+    `on_serving` runs just before the server takes calls (the kernel build starts there)."""
     from .competition import get_adapter
+    from .competition.kaggle_eval import is_rerun
 
     added = add_competition_paths(competition, roots)
     if added:
@@ -441,7 +538,7 @@ def _serve_kaggle(
     log.info(
         "serving %s (rerun: %s, test.csv: %s)",
         competition,
-        bool(os.environ.get("KAGGLE_IS_COMPETITION_RERUN")),
+        is_rerun(),
         test_csv,
     )
-    get_adapter(competition).run(answer, test_csv)
+    get_adapter(competition).run(answer, test_csv, on_serving)

@@ -16,7 +16,7 @@ from typing import Any
 
 from .answers import POLICIES, AnswerPolicy
 from .budget import BudgetConfig
-from .config import EngineConfig, override
+from .config import EngineConfig, RecoveryConfig, override
 from .sandbox import SandboxConfig
 from .stopping import ConsensusStop
 
@@ -34,6 +34,7 @@ class Preset:
     hardware: the machine it is sized for, "<gpu>x<count>" ("t4x2") or "cpu" (capacity.py).
     backend_options: keyword options of that backend (tensor parallel size, dtype, ...).
     engine, sandbox, budget: the engine, code execution and time settings.
+    recovery: rebuilding a dead engine within the budget (kernel.py).
     """
 
     name: str
@@ -46,6 +47,7 @@ class Preset:
     engine: EngineConfig = field(default_factory=EngineConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
 
     def __post_init__(self) -> None:
         if self.competition not in COMPETITIONS:
@@ -68,7 +70,7 @@ class Preset:
         for head, values in nested.items():
             if head == "backend":
                 top["backend_options"] = {**self.backend_options, **values}
-            elif head in ("engine", "sandbox", "budget"):
+            elif head in ("engine", "sandbox", "budget", "recovery"):
                 current = top.get(head, getattr(self, head))
                 if head == "engine" and "early_stop" in values:
                     values = {**values, "early_stop": _early_stop(values["early_stop"])}
@@ -125,8 +127,12 @@ PRESETS: dict[str, Preset] = {
                 "disable_custom_all_reduce": True,
             },
             engine=EngineConfig(num_rollouts=48, max_calls=4),
-            sandbox=SandboxConfig(max_concurrent=4),
-            budget=BudgetConfig(total_s=9 * 3600, num_problems=50),
+            # 31 GB host: vLLM's TP=2 processes and the kernel need the other half
+            sandbox=SandboxConfig(max_concurrent=4, memory_share=0.5),
+            # a base near the even split (~620 s), a bank for the hard ones (docs/budget.md)
+            budget=BudgetConfig(
+                total_s=9 * 3600, num_problems=50, base_s=540.0, borrow_s=360.0, cap_s=900.0
+            ),
         ),
         Preset(
             name="aimo2-l4x4",
@@ -144,7 +150,10 @@ PRESETS: dict[str, Preset] = {
             },
             engine=EngineConfig(num_rollouts=64, max_calls=4),
             sandbox=SandboxConfig(max_concurrent=8),
-            budget=BudgetConfig(total_s=5 * 3600, num_problems=50, cap_s=900.0),
+            # AIMO-2's winner: 350 s base, borrow up to 210 s
+            budget=BudgetConfig(
+                total_s=5 * 3600, num_problems=50, base_s=350.0, borrow_s=210.0, cap_s=560.0
+            ),
         ),
         Preset(
             name="aimo3-h100",
@@ -162,7 +171,10 @@ PRESETS: dict[str, Preset] = {
             },
             engine=EngineConfig(num_rollouts=64, max_calls=4),
             sandbox=SandboxConfig(max_concurrent=16),
-            budget=BudgetConfig(total_s=5 * 3600, num_problems=50, cap_s=900.0),
+            # AIMO-3's public kernels: 300 s base, 900 s max
+            budget=BudgetConfig(
+                total_s=5 * 3600, num_problems=50, base_s=300.0, borrow_s=600.0, cap_s=900.0
+            ),
         ),
         Preset(
             name="demo-cpu",
@@ -184,7 +196,6 @@ PRESETS: dict[str, Preset] = {
                 num_problems=20,
                 startup_reserve_s=120,
                 safety_s=10,
-                floor_s=5,
                 cap_s=60,
                 margin_s=0.5,
             ),

@@ -1,7 +1,9 @@
 """Validation problem sets: one loader for the files the kit ships and for any user CSV.
 
 Handles what the real files contain: AIME answers as zero-padded strings, AMC answers as floats
-(six of them outside 0..999: kept as they are and reported, never reduced), AMC ids that repeat
+(six of them outside 0..999: kept as they are in the file; scoring uses `truths`, which takes
+each competition's definition of the answer, so 1296 is 296 under AIMO-1/2's "modulo 1000" and
+the two negative ones are reported as unanswerable), AMC ids that repeat
 across years (problems are keyed by id when ids are unique, else by url, else by row), and
 broken files (a clear error naming the file, row and field).
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 import csv
 import re
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,10 +63,20 @@ class ProblemSet:
         return iter(self.problems)
 
     def outside(self, policy: AnswerPolicy) -> list[Problem]:
-        """Problems whose known answer the policy can never produce (report them)."""
-        return [
-            p for p in self.problems if p.answer is not None and policy.admit(p.answer) != p.answer
-        ]
+        """Problems whose known answer the policy can never admit (report them)."""
+        return unanswerable(self.problems, policy)
+
+
+def truths(problems: Iterable[Problem], policy: AnswerPolicy) -> dict[str, int | None]:
+    """Answer to score against by key, as the competition defines it (`AnswerPolicy.truth`:
+    reduced mod 1000 under AIMO-1/2), so that scoring agrees with what the kernel submits."""
+    return {p.key: None if p.answer is None else policy.truth(p.answer) for p in problems}
+
+
+def unanswerable(problems: Iterable[Problem], policy: AnswerPolicy) -> list[Problem]:
+    """Problems with a known answer that no admitted answer can match (negative, or above the
+    range of a policy without a modulus)."""
+    return [p for p in problems if p.answer is not None and policy.admit(p.answer) is None]
 
 
 def resolve(name_or_path: str | Path) -> Path:

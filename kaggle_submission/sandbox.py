@@ -21,6 +21,15 @@ How:
   core files, stdin on /dev/null, a private temporary cwd (removed with the worker), and die with
   the template (PR_SET_PDEATHSIG); the template dies with the kernel process (PR_SET_PDEATHSIG,
   EOF on its control socket) after killing its workers and, as a child subreaper, kills orphans.
+- Limits model code cannot undo (it runs as root on Kaggle and can raise its own RLIMIT_AS): a
+  thread in the kernel process sums the memory of the template and every worker tree every
+  ``memory_poll_s`` (RSS above each worker's post-fork RSS, from /proc/PID/statm: ~1 ms for 48
+  workers) and, over ``memory_share`` of the host's RAM, SIGKILLs the tree that grew most; its
+  session reads ``MEMORY_MESSAGE`` and is replaced with replay like after a timeout. After each
+  block the worker reports threads the block left running and a broken output pipe; the session
+  then replaces the worker (replaying the earlier blocks, not this one) so no thread burns a core
+  through later blocks. A block that closed ``sys.stdout``/``sys.stderr`` gets fresh stream
+  objects in the same worker (fds are restored with dup2 before every block anyway).
 - An audit hook in each worker (``audit_hook``) refuses signals to processes outside the worker's
   group (``os.kill(os.getppid(), 9)``), file-system writes outside its directory and /dev/null,
   forks from forked children and beyond ``max_forks_per_block``, and ``os.exec*`` of the worker
@@ -42,6 +51,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -91,6 +101,13 @@ RESTORED_MESSAGE = "The interpreter was restarted; variables from earlier blocks
 LOST_MESSAGE = "The interpreter was restarted; variables from earlier blocks are lost."
 RESTARTED_MESSAGE = "The interpreter was restarted."
 NOT_RESTARTED_MESSAGE = "The interpreter could not be restarted."
+MEMORY_MESSAGE = (
+    "MemoryError: the interpreter was stopped for using too much memory "
+    "(all interpreters together may use {limit})."
+)
+THREADS_MESSAGE = "This code left threads running after it ended; they were stopped."
+STREAM_REOPENED_MESSAGE = "This code closed {name}; it was reopened for later blocks."
+OUTPUT_BROKEN_MESSAGE = "This code disconnected the interpreter's output."
 OMITTED_MARKER = "\n... [{count} characters omitted] ...\n"
 
 
@@ -124,6 +141,12 @@ class SandboxConfig:
         spare_workers: persistent workers forked ahead of time by a background thread, so a new
             session adopts a ready interpreter instead of waiting on a fork (the kernel keeps
             N ready between problems). 0 forks on demand.
+        memory_share: fraction of the host's RAM (MemTotal) that the template and all workers
+            together may hold, enforced from the kernel process, because model code can raise
+            its own RLIMIT_AS (the kernel runs as root on Kaggle). Over it, the worker tree
+            that grew most is SIGKILLed. None: no shared limit.
+        memory_total_mb: the same limit in MiB; with both set, the smaller applies.
+        memory_poll_s: how often the kernel process sums the workers' memory.
     """
 
     mode: Literal["persistent", "isolated"] = "persistent"
@@ -143,6 +166,9 @@ class SandboxConfig:
     start_timeout_s: float = 120.0
     max_replay_s: float = 30.0
     spare_workers: int = 0
+    memory_share: float | None = 0.5
+    memory_total_mb: int | None = None
+    memory_poll_s: float = 0.1
 
     def __post_init__(self) -> None:
         if self.mode not in ("persistent", "isolated"):
@@ -153,6 +179,12 @@ class SandboxConfig:
             raise ValueError("max_output_chars must be at least 2")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise ValueError("max_concurrent must be at least 1")
+        if self.memory_share is not None and not 0 < self.memory_share <= 1:
+            raise ValueError("memory_share must be in (0, 1]")
+        if self.memory_total_mb is not None and self.memory_total_mb <= 0:
+            raise ValueError("memory_total_mb must be positive")
+        if self.memory_poll_s <= 0:
+            raise ValueError("memory_poll_s must be positive")
 
 
 @dataclass(frozen=True)
@@ -165,11 +197,14 @@ class ExecResult:
         ok: ran to completion without an exception (``sys.exit(0)`` counts as ok).
         timed_out: stopped at the timeout.
         seconds: execution time, excluding queue wait and replay.
-        reset: the interpreter was replaced during this call (persistent mode only).
+        reset: the interpreter was replaced during this call (persistent mode only): after a
+            timeout, a crash, the shared memory limit, or a block that left threads running or
+            broke its output (then ``ok`` is the block's own result).
         restored: after the reset, the earlier blocks were replayed successfully.
         queued_seconds: time spent waiting for a free slot.
         error: exception class name ("ZeroDivisionError", "SystemExit", "TimeoutError"), "Crash"
-            for a dead interpreter, "SandboxError" for a sandbox failure; None when ok.
+            for a dead interpreter, "SandboxError" for a sandbox failure, "MemoryError" also
+            when the shared memory limit killed the interpreter; None when ok.
         crash: how a dead interpreter ended ("signal SIGSEGV", "status 0"), else None.
         replay_seconds: time spent replaying earlier blocks after a reset.
     """
@@ -197,6 +232,18 @@ def format_seconds(seconds: float) -> str:
 def timeout_message(seconds: float) -> str:
     """The sentence the model reads when a block is stopped at the timeout."""
     return TIMEOUT_MESSAGE.format(seconds=format_seconds(seconds))
+
+
+def format_memory(limit_bytes: int) -> str:
+    """'300 MB', '15.5 GB' for the memory sentence (binary units, as RAM is counted)."""
+    if limit_bytes >= 1 << 30:
+        return f"{limit_bytes / (1 << 30):.1f} GB"
+    return f"{round(limit_bytes / (1 << 20))} MB"
+
+
+def memory_message(limit_bytes: int) -> str:
+    """The sentence the model reads when its interpreter was killed by the shared memory limit."""
+    return MEMORY_MESSAGE.format(limit=format_memory(limit_bytes))
 
 
 def describe_status(status: int | None) -> str | None:
@@ -393,6 +440,75 @@ def _pid_alive(pid: int) -> bool:
     return state != b"Z"
 
 
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_MAX_TREE = 4096  # processes looked at per worker tree in one memory poll
+
+
+def _rss_bytes(pid: int) -> int | None:
+    """Resident set size of a process from /proc/PID/statm (cheap: no page-table walk)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _children(pid: int) -> list[int]:
+    """Children of a process's main thread (/proc/PID/task/PID/children)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            return [int(c) for c in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _tree_growth(pid: int, base: int) -> int:
+    """Memory a worker tree holds beyond what it shares with the template.
+
+    RSS counts the template's copy-on-write pages again in every worker (~60 MB each, 48 x that
+    is memory that does not exist), so each process is charged its RSS above the worker's RSS
+    right after the fork. Pages the worker later copies on write are not counted (at most the
+    template's size per worker); smaps' PSS would count them but costs ~1 ms per process.
+    """
+    total = 0
+    stack, seen = [pid], set()
+    while stack and len(seen) < _MAX_TREE:
+        p = stack.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        rss = _rss_bytes(p)
+        if rss is None:
+            continue
+        total += max(0, rss - base)
+        stack.extend(_children(p))
+    return total
+
+
+def host_memory_bytes() -> int | None:
+    """MemTotal of this machine, from /proc/meminfo."""
+    try:
+        with open("/proc/meminfo", "rb") as f:
+            for line in f:
+                if line.startswith(b"MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return None
+
+
+def memory_limit_bytes(config: SandboxConfig) -> int | None:
+    """The shared memory limit of a config in bytes (the smaller of share and MiB), or None."""
+    limits = []
+    if config.memory_share is not None:
+        total = host_memory_bytes()
+        if total is not None:
+            limits.append(int(total * config.memory_share))
+    if config.memory_total_mb is not None:
+        limits.append(config.memory_total_mb * (1 << 20))
+    return min(limits) if limits else None
+
+
 def _cuda_initialized() -> bool:
     """True if this process already holds a CUDA context through torch."""
     torch = sys.modules.get("torch")
@@ -539,6 +655,8 @@ class _WorkerProcess:
         self._small_read = min(_READ_SIZE, pipe_size) // 2
         self.closed = False
         self.killed = False
+        self.memory_killed = False  # killed by the shared memory limit (not by its session)
+        self.base_rss = 0  # RSS right after the fork: pages shared with the template
         # Held while a thread waits on the fds: they are closed only under it, so a number
         # reused by a new fd is never polled by a stale waiter.
         self.lock = threading.Lock()
@@ -683,6 +801,9 @@ class _Core:
         self.spares: collections.deque[_WorkerProcess] = collections.deque()
         self.refill = threading.Event()
         self.refiller: threading.Thread | None = None
+        self.memory_limit = memory_limit_bytes(config)
+        self.stopping = threading.Event()
+        self.watchdog: threading.Thread | None = None
 
     # -- template -----------------------------------------------------------------------------
 
@@ -709,6 +830,40 @@ class _Core:
                 )
                 self.refiller.start()
                 self.refill.set()
+            if self.memory_limit is not None:
+                self.watchdog = threading.Thread(
+                    target=self._watch_memory, name="sandbox-memory", daemon=True
+                )
+                self.watchdog.start()
+
+    def _watch_memory(self) -> None:
+        """Enforce the shared memory limit until the sandbox closes."""
+        while not self.stopping.wait(self.config.memory_poll_s):
+            with contextlib.suppress(Exception):  # a vanished process must not end the watch
+                self.check_memory()
+
+    def check_memory(self) -> int:
+        """Sum the sandbox's memory; over the limit, SIGKILL the tree that grew most.
+
+        Returns the bytes counted (template RSS + every worker tree's growth).
+        """
+        with self.lock:
+            workers = [w for w in self.workers.values() if not w.killed]
+            template = self.template
+        total = (_rss_bytes(template.pid) or 0) if template is not None else 0
+        charged = [(_tree_growth(w.pid, w.base_rss), w) for w in workers]
+        total += sum(c for c, _ in charged)
+        if self.memory_limit is None or total <= self.memory_limit or not charged:
+            return total
+        growth, worker = max(charged, key=lambda cw: cw[0])
+        if growth <= 0:
+            return total
+        with self.lock:
+            if self.workers.get(worker.pid) is not worker or worker.killed:
+                return total
+            worker.memory_killed = True
+        worker.kill()  # its session's waiter sees EOF at once
+        return total
 
     def take(self) -> _WorkerProcess:
         """A ready worker: a spare forked ahead of time if one is alive, else a fresh fork."""
@@ -848,6 +1003,7 @@ class _Core:
         except BaseException:
             self.discard(worker)
             raise
+        worker.base_rss = _rss_bytes(worker.pid) or 0
         return worker
 
     def discard(self, worker: _WorkerProcess, out: _OutputBuffer | None = None) -> None:
@@ -875,6 +1031,7 @@ class _Core:
             if self.closed:
                 return
             self.closed = True
+            self.stopping.set()
             self.refill.set()
             self.spares.clear()
             workers = list(self.workers.values())
@@ -1010,13 +1167,15 @@ class Session:
 
     def _failure(
         self, status: str, worker: _WorkerProcess, out: _OutputBuffer
-    ) -> tuple[str, str | None]:
-        """Kill the worker after a timeout or death: (sentence for the model, crash description)."""
+    ) -> tuple[str, str, str | None]:
+        """Kill the worker after a timeout or death: (sentence for the model, error, crash)."""
         self._core.discard(worker, out)
+        if worker.memory_killed and self._core.memory_limit is not None:
+            return memory_message(self._core.memory_limit), "MemoryError", None
         if status == "timeout":
-            return timeout_message(self._config.timeout_s), None
+            return timeout_message(self._config.timeout_s), "TimeoutError", None
         description = describe_status(self._core.exit_status(worker.pid))
-        return crash_message(description), description
+        return crash_message(description), "Crash", description
 
     def _run_isolated(self, code: str, queued: float) -> ExecResult:
         out = _OutputBuffer(self._config.max_output_chars)
@@ -1032,16 +1191,16 @@ class Session:
         if status == "done":
             self._core.discard(worker)
             return _finished(out, reply, seconds, queued)
-        sentence, crash = self._failure(status, worker, out)
+        sentence, error, crash = self._failure(status, worker, out)
         return ExecResult(
             output=_join_lines(out.text(), sentence),
             ok=False,
-            timed_out=status == "timeout",
+            timed_out=error == "TimeoutError",
             seconds=seconds,
             reset=False,
             restored=False,
             queued_seconds=queued,
-            error="TimeoutError" if status == "timeout" else "Crash",
+            error=error,
             crash=crash,
         )
 
@@ -1057,21 +1216,37 @@ class Session:
             raise SandboxError("the session is closed")
         status, reply, seconds = self._execute(worker, code, out)
         if status == "done":
-            if reply.get("ok"):
-                self._history.append(code)
-            return _finished(out, reply, seconds, queued)
+            notes = [STREAM_REOPENED_MESSAGE.format(name=n) for n in reply.get("reopened") or ()]
+            # A thread left running would burn a core through later blocks, and a broken output
+            # pipe would silence them: the block ran, but its interpreter cannot be kept. It is
+            # replaced without this block (replaying it would start the thread again).
+            if reply.get("threads"):
+                notes.append(THREADS_MESSAGE)
+            if reply.get("output_broken"):
+                notes.append(OUTPUT_BROKEN_MESSAGE)
+            if not reply.get("threads") and not reply.get("output_broken"):
+                if reply.get("ok"):
+                    self._history.append(code)
+                return _finished(out, reply, seconds, queued, notes)
+            self._worker = None
+            self._core.discard(worker, out)
+            restart, restored, replay_seconds = self._restart()
+            result = _finished(out, reply, seconds, queued, [*notes, restart])
+            return dataclasses.replace(
+                result, reset=True, restored=restored, replay_seconds=replay_seconds
+            )
         self._worker = None
-        sentence, crash = self._failure(status, worker, out)
+        sentence, error, crash = self._failure(status, worker, out)
         restart, restored, replay_seconds = self._restart()
         return ExecResult(
             output=_join_lines(out.text(), sentence, restart),
             ok=False,
-            timed_out=status == "timeout",
+            timed_out=error == "TimeoutError",
             seconds=seconds,
             reset=True,
             restored=restored,
             queued_seconds=queued,
-            error="TimeoutError" if status == "timeout" else "Crash",
+            error=error,
             crash=crash,
             replay_seconds=replay_seconds,
         )
@@ -1119,12 +1294,16 @@ def _release_worker(core: _Core, holder: list[_WorkerProcess | None]) -> None:
 
 
 def _finished(
-    out: _OutputBuffer, reply: dict[str, Any], seconds: float, queued: float
+    out: _OutputBuffer,
+    reply: dict[str, Any],
+    seconds: float,
+    queued: float,
+    notes: list[str] | tuple[str, ...] = (),
 ) -> ExecResult:
     """ExecResult of a block that ran to its end (with or without an exception)."""
     ok = bool(reply.get("ok"))
     return ExecResult(
-        output=out.text(),
+        output=_join_lines(out.text(), *notes),
         ok=ok,
         timed_out=False,
         seconds=seconds,

@@ -52,7 +52,7 @@ from .engine import (
     start_backend,
 )
 from .presets import Preset
-from .problems import Problem
+from .problems import Problem, truths, unanswerable
 from .sandbox import Sandbox
 from .traces import SolveTrace
 
@@ -380,7 +380,9 @@ def sharded_dry_run(
         engine: dict[str, Any] = {}
         solved: list[str] = []
         if todo:
-            progress = _Progress(len(order), len(resumed), started, stream)
+            progress = _Progress(
+                len(order), len(resumed), started, stream, truths(order, preset.policy)
+            )
             sandbox = Sandbox(preset.sandbox)
             writer = DurableTraceWriter(trace_path)
             runner: EngineLoop | None = None
@@ -512,8 +514,16 @@ def _check_configs(
 class _Progress:
     """One line per finished problem: k of n, answer, rate, running accuracy."""
 
-    def __init__(self, total: int, done: int, started: float, stream: TextIO | None) -> None:
+    def __init__(
+        self,
+        total: int,
+        done: int,
+        started: float,
+        stream: TextIO | None,
+        truth: Mapping[str, int | None],
+    ) -> None:
         self.total = total
+        self.truth = truth  # as the competition defines it (problems.truths)
         self.done = done
         self.new = 0
         self.started = started
@@ -527,9 +537,10 @@ class _Progress:
             self.done += 1
             self.new += 1
             mark = ""
-            if problem.answer is not None:
+            truth = self.truth.get(problem.key)
+            if truth is not None:
                 self.scored += 1
-                ok = solution.answer == problem.answer
+                ok = solution.answer == truth
                 self.correct += ok
                 mark = "ok" if ok else "wrong"
             elapsed = time.monotonic() - self.started
@@ -567,7 +578,7 @@ def _write_outputs(
     )
     summary = summarize(
         result.traces,
-        {p.key: p.answer for p in order},
+        truths(order, preset.policy),
         {
             "banner": "",
             "preset": preset.name,
@@ -584,11 +595,7 @@ def _write_outputs(
             "missing": result.missing,
             "complete": not result.missing,
             "problems_per_minute": len(result.solved_now) / minutes if minutes > 0 else None,
-            "unanswerable": [
-                p.key
-                for p in order
-                if p.answer is not None and preset.policy.admit(p.answer) != p.answer
-            ],
+            "unanswerable": [p.key for p in unanswerable(order, preset.policy)],
             "wall_seconds": result.seconds,
             **(extra or {}),
         },

@@ -4,9 +4,13 @@ Dry-run reports, the replay backend and the budget tuner all read these records,
 lives here only. A record (schema version 1) is a `SolveTrace` as JSON:
 
 - problem_id, problem, prompt (the first prompt of every rollout), answer (int, always set),
-  stop_reason ("finished" | "early_stop" | "deadline" | "error"), error (str | None)
+  stop_reason ("finished" | "early_stop" | "deadline" | "error" | "prompt_too_long"),
+  error (str | None)
 - started_at (UNIX time), budget_s (deadline minus start, None without deadline), seconds (wall)
 - config (the engine config as a dict), backend (what the backend says of itself)
+- t_serving_s, t_engine_ready_s: the run's start-up, the same on every record of a run (None
+  outside a served run): seconds from the run cell's start to "server accepting calls" and to
+  "engine ready" (`kernel.BackgroundStart`; `TraceWriter.startup` stamps them on each record)
 - vote: counts (answer -> weight, keys as strings in JSON), n_valid, n_total, margin,
   used_fallback
 - rollouts: list of RolloutTrace:
@@ -38,7 +42,7 @@ from typing import Any, Literal
 SCHEMA_VERSION = 1
 
 RolloutStatus = Literal["answered", "pruned", "no_answer", "exhausted", "cancelled", "error"]
-StopReason = Literal["finished", "early_stop", "deadline", "error"]
+StopReason = Literal["finished", "early_stop", "deadline", "error", "prompt_too_long"]
 
 
 @dataclass
@@ -126,6 +130,8 @@ class SolveTrace:
     vote: VoteTrace
     rollouts: list[RolloutTrace]
     error: str | None = None
+    t_serving_s: float | None = None
+    t_engine_ready_s: float | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> str:
@@ -167,14 +173,21 @@ def _segment(data: dict[str, Any]) -> Segment:
 
 
 class TraceWriter:
-    """Appends records to a JSONL file; safe from several threads, flushed per record."""
+    """Appends records to a JSONL file; safe from several threads, flushed per record.
+
+    `startup` holds run-level fields (t_serving_s, t_engine_ready_s) set on every record
+    written: the engine that writes a record does not know how the run started.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self.startup: dict[str, float | None] = {}
 
     def write(self, trace: SolveTrace) -> None:
+        for name, value in self.startup.items():
+            setattr(trace, name, value)
         line = trace.to_json() + "\n"
         with self._lock, self.path.open("a", encoding="utf-8") as fh:
             fh.write(line)

@@ -1,14 +1,15 @@
 """Budget tuning: how to spend a run's time limit, estimated from dry-run traces.
 
     python -m kaggle_submission tune runs/dry-run --preset aimo1-t4x2 --time-limit 9h \\
-        --problems 50 --n 8,16,32,48 --m 2,3,4 --max-tokens 1024,2048 --cap 300,600,1200 \\
-        --early-stop none,4of5,agree4
+        --problems 50 --n 8,16,32,48 --m 2,3,4 --max-tokens 1024,2048 --cap 600,900 \\
+        --base even,450,540 --borrow 0,360 --early-stop none,4of5,agree4,agree4@0
 
 Record the traces with generous settings (large N and M, `engine.early_stop=null`, a generous
 budget), on the target GPU if possible. For every candidate (N, M, tokens per call, per-problem
-cap, early-stop rule, budget spread) the tuner replays resampled recorded rollouts through the
-engine's rules, the early-stop rule, the vote and `budget.Budget` (tuning/simulate.py says how
-and what it approximates), and writes to `--out`:
+cap, early-stop rule with its agreement count and least share, the time bank's base share and
+borrow cap) the tuner replays resampled recorded rollouts through the engine's rules, the
+early-stop rule, the vote and `budget.Budget` under the competition's per-call limit
+(tuning/simulate.py says how and what it approximates), and writes to `--out`:
 - candidates.csv and candidates.md: accuracy with its CI, the predictive range of the score,
   the expected total time needed with its CI, P(overrun), the capacity check;
 - pareto.png: accuracy against expected time needed, the limit marked;
@@ -35,6 +36,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from .capacity import NUMINAMATH_7B, ModelShape, estimate, parse_hardware
+from .competition import get_adapter
 from .presets import PRESETS, Preset, get_preset
 from .tuning.outputs import (
     Capacity,
@@ -72,7 +74,8 @@ class TuneOptions:
     preset: hardware preset (name or preset file) the recommendation is based on.
     data: problems CSV or shipped set with the answers (else summary.json beside the traces).
     time_limit_s, problems: the run to plan.
-    n, m, max_tokens, cap_s, early_stop, spread: the candidate grid.
+    n, m, max_tokens, cap_s, early_stop, base_s, borrow_s: the candidate grid (base None:
+        the even split; early-stop specs as `parse_early_stop`, e.g. agree4@0.5).
     replicates, inner, seed, confidence: the bootstrap (inner: rollout draws per problem,
         see SimConfig).
     risk: largest acceptable P(overrun); tie: accuracy difference treated as a tie.
@@ -94,7 +97,8 @@ class TuneOptions:
     max_tokens: Sequence[int] | None = None
     cap_s: Sequence[float] | None = None
     early_stop: Sequence[str] | None = None
-    spread: Sequence[float] | None = None
+    base_s: Sequence[float | None] | None = None
+    borrow_s: Sequence[float] | None = None
     replicates: int = 200
     inner: int = 8
     seed: int = 0
@@ -138,7 +142,8 @@ def _grid(
 def candidate_grid(
     options: TuneOptions, preset: Preset, rec: Recorded, notes: list[str]
 ) -> list[Candidate]:
-    """The product of the option lists; defaults cover what the traces can answer."""
+    """The product of the option lists; defaults cover what the traces can answer, and for
+    the time bank the preset's setting against the even split without a bank."""
     eng, bud = preset.engine, preset.budget
     top_n, top_m, top_t = int(rec.n_rollouts.min()), rec.recorded_m, rec.recorded_max_tokens
     ns = _grid(options.n, [4, 8, 16, 32, 48, 64, eng.num_rollouts, top_n], top_n, "N", notes)
@@ -152,11 +157,17 @@ def candidate_grid(
     )
     caps = sorted(set(options.cap_s or [bud.cap_s]))
     stops = list(dict.fromkeys(options.early_stop or ["none", early_stop_spec(eng.early_stop)]))
-    spreads = sorted(set(options.spread or [bud.spread]))
-    return [
-        Candidate(n, m, t, float(cap), stop, float(spread))
-        for n, m, t, cap, stop, spread in itertools.product(ns, ms, ts, caps, stops, spreads)
+    bases = list(dict.fromkeys(options.base_s or [None, bud.base_s]))
+    bases.sort(key=lambda b: (b is not None, b or 0.0))
+    borrows = sorted(set(options.borrow_s or [bud.borrow_s]))
+    cands = [
+        # without a base below the even split there is nothing to borrow: one borrow value
+        Candidate(n, m, t, float(cap), stop, base, 0.0 if base is None else float(borrow))
+        for n, m, t, cap, stop, base, borrow in itertools.product(
+            ns, ms, ts, caps, stops, bases, borrows
+        )
     ]
+    return list(dict.fromkeys(cands))
 
 
 def capacity_checks(
@@ -277,7 +288,14 @@ def tune(
         file=stream,
         flush=True,
     )
-    results = Simulator(rec, preset.budget, config).run(cands)
+    budget = preset.budget.with_per_call_limit(get_adapter(preset.competition).PER_CALL_LIMIT_S)
+    over = sorted({c.cap_s for c in cands if c.cap_s > budget.per_call_ceiling()})
+    if over:
+        notes.append(
+            f"caps {over} exceed the per-call limit's ceiling {budget.per_call_ceiling():g} s: "
+            "the budget clamps them (build_kernel.py refuses such a preset)"
+        )
+    results = Simulator(rec, budget, config).run(cands)
     shape = ModelShape.from_dir(options.model_config) if options.model_config else None
     capacity = capacity_checks(preset, rec, cands, shape)
     fronts = pareto_front(results, [capacity[r.candidate].ok for r in results])
@@ -312,9 +330,7 @@ def tune(
     if table is not None:
         out.mkdir(parents=True, exist_ok=True)
         table.to_json(out / "throughput.json")
-    changes = preset_overrides(
-        best.candidate, config.time_limit_s, config.problems, preset.budget.floor_s
-    )
+    changes = preset_overrides(best.candidate, config.time_limit_s, config.problems)
     preset_path, summary = write_outputs(
         out,
         rows,
@@ -347,7 +363,12 @@ def parse_duration(text: str) -> float:
     return 3600 * h + 60 * m + s
 
 
-def _list(kind: type) -> Any:
+def _base_share(text: str) -> float | None:
+    """A base share: a duration, or 'even' (None: the even split of what is left)."""
+    return None if text.strip().lower() in ("even", "none") else parse_duration(text)
+
+
+def _list(kind: Any) -> Any:
     def parse(text: str) -> list[Any]:
         try:
             return [kind(x) for x in text.split(",") if x.strip()]
@@ -361,7 +382,7 @@ def add_tune_parser(subparsers: Any) -> argparse.ArgumentParser:
     """`tune` on the CLI's subparsers (python -m kaggle_submission tune ...)."""
     p = subparsers.add_parser(
         "tune",
-        help="choose N, M, tokens, cap and early stop for a time limit from dry-run traces",
+        help="choose N, M, tokens, cap, time bank and early stop for a time limit from traces",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -380,9 +401,15 @@ def add_tune_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument(
         "--early-stop",
         type=_list(str),
-        help="none | lead | agreeK | KofW [-nolead], e.g. none,4of5,agree4",
+        help="none | lead | agreeK[@S] | KofW[@S] [-nolead] (S: the agreeing answer's least "
+        "share of the weight), e.g. none,4of5,agree4,agree4@0",
     )
-    p.add_argument("--spread", type=_list(float), help="budget spread values, e.g. 1.5,3")
+    p.add_argument(
+        "--base",
+        type=_list(_base_share),
+        help="time bank base share per problem, 'even' for the even split, e.g. even,300,350",
+    )
+    p.add_argument("--borrow", type=_list(parse_duration), help="borrow cap, e.g. 0,210,600")
     p.add_argument("--time-model", choices=["recorded", "throughput"], default="recorded")
     p.add_argument(
         "--throughput",
@@ -417,7 +444,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             max_tokens=args.max_tokens,
             cap_s=args.cap,
             early_stop=args.early_stop,
-            spread=args.spread,
+            base_s=args.base,
+            borrow_s=args.borrow,
             replicates=args.replicates,
             inner=args.inner,
             seed=args.seed,

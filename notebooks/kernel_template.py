@@ -73,9 +73,10 @@ print(f"kit: {len(KIT_FILES)} files written to {KIT_DIR}")
 # %% [markdown]
 # ## 2. Offline install
 #
-# The notebook has no internet: `pip install --no-index --find-links <wheels> -r requirements.txt`
+# The notebook has no internet: a `pip install --dry-run` of requirements.txt against this image
 # from the wheels dataset attached as an input (found under `/kaggle/input` in either mount
-# layout). Skipped, with a message, when not on Kaggle.
+# layout) must resolve without touching torch, then exactly those wheels are installed with
+# `--no-index --no-deps` and listed. Skipped, with a message, when not on Kaggle.
 
 # %%
 from kaggle_submission import notebook_main
@@ -102,9 +103,12 @@ __OVERRIDES_JSON__
 # %% [markdown]
 # ## 4. Run
 #
-# Sandbox first (before CUDA), then the weights (located through the manifest and size-checked),
-# then the engine, then the competition's API: AIMO-1's `aimo` env, or AIMO-2/3's
-# kaggle_evaluation server (it serves on the competition rerun). Every problem gets an answer.
+# The competition's API starts serving at once (AIMO-1's `aimo` env, or AIMO-2/3's
+# kaggle_evaluation server, which serves on the competition rerun: its gateway allows 15 minutes
+# for that) while a background thread builds the kernel: sandbox first (before CUDA), then the
+# weights (located through the manifest and size-checked), then the engine. Each problem waits
+# for the build; if it fails, every problem gets the fallback answer and the log says why. The
+# result reports the seconds from this cell's start to "serving" and to "engine ready".
 
 # %%
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from kaggle_submission.answers import (
 A1 = AIMO1_POLICY
 A3 = AIMO3_POLICY
 MOD1000 = AnswerPolicy(reduce_modulo=1000, name="aimo1-mod")
+NO_MOD = AnswerPolicy(name="range-only")  # 0..999 without a modulus: out-of-range is invalid
 BOX_ONLY = AnswerPolicy(accept_answer_is=False)
 
 # (model output, policy, expected answer)
@@ -52,7 +53,8 @@ BOXED_CASES = [
     pytest.param("So the answer is $\\boxed{\\frac{10}{2}}$.", A1, 5, id="nested-frac-integer"),
     pytest.param("The probability is $\\boxed{\\frac{1}{2}}$.", A1, None, id="nested-frac-half"),
     pytest.param("The count is $\\boxed{2^{10}}$.", A3, 1024, id="nested-power-aimo3"),
-    pytest.param("The count is $\\boxed{2^{10}}$.", A1, None, id="nested-power-out-of-range"),
+    pytest.param("The count is $\\boxed{2^{10}}$.", NO_MOD, None, id="nested-power-out-of-range"),
+    pytest.param("The count is $\\boxed{2^{10}}$.", A1, 24, id="nested-power-aimo1-mod-1000"),
     pytest.param("$\\boxed{\\dfrac{2^{10}}{4}}$", A1, 256, id="frac-of-power"),
     pytest.param("$\\boxed{\\text{42}}$", A1, 42, id="text-wrapper"),
     pytest.param("$\\boxed{\\textbf{17}}$", A1, 17, id="textbf-wrapper"),
@@ -112,13 +114,14 @@ BOXED_CASES = [
     pytest.param("$\\boxed{\\textbf{(C)}\\ 42}$", A1, 42, id="multiple-choice-with-value"),
     pytest.param("$\\boxed{\\infty}$", A1, None, id="infinity"),
     # ranges, negatives, modulo
-    pytest.param("$\\boxed{1000}$", A1, None, id="aimo1-out-of-range"),
+    pytest.param("$\\boxed{1000}$", NO_MOD, None, id="out-of-range-no-modulus"),
+    pytest.param("$\\boxed{1000}$", A1, 0, id="aimo1-1000-is-0"),
     pytest.param("$\\boxed{1000}$", A3, 1000, id="aimo3-in-range"),
     pytest.param("$\\boxed{99999}$", A3, 99999, id="aimo3-max"),
     pytest.param("$\\boxed{100000}$", A3, None, id="aimo3-out-of-range"),
     pytest.param("$\\boxed{999}$", A1, 999, id="aimo1-max"),
     pytest.param("$\\boxed{1234}$", MOD1000, 234, id="reduce-modulo-on"),
-    pytest.param("$\\boxed{1234}$", A1, None, id="reduce-modulo-off"),
+    pytest.param("$\\boxed{1234}$", NO_MOD, None, id="reduce-modulo-off"),
     pytest.param("$\\boxed{-5}$", A1, None, id="negative"),
     pytest.param("$\\boxed{-5}$", MOD1000, None, id="negative-never-reduced"),
     pytest.param("$\\boxed{-1234}$", MOD1000, None, id="negative-large-never-reduced"),
@@ -171,8 +174,9 @@ def test_extract_answer_case_count() -> None:
 
 
 def test_extract_answer_default_policy_is_aimo1() -> None:
-    assert extract_answer("$\\boxed{1000}$") is None
+    assert extract_answer("$\\boxed{1000}$") == 0
     assert extract_answer("$\\boxed{999}$") == 999
+    assert extract_answer("$\\boxed{-1}$") is None
 
 
 # --- extract_boxed -------------------------------------------------------------------------
@@ -331,8 +335,12 @@ def test_extract_answer_long_text_without_box_is_fast() -> None:
 
 
 def test_presets() -> None:
-    assert (A1.min_value, A1.max_value, A1.reduce_modulo, A1.fallback) == (0, 999, None, 0)
-    assert (AIMO2_POLICY.min_value, AIMO2_POLICY.max_value) == (0, 999)
+    assert (A1.min_value, A1.max_value, A1.reduce_modulo, A1.fallback) == (0, 999, 1000, 0)
+    assert (AIMO2_POLICY.min_value, AIMO2_POLICY.max_value, AIMO2_POLICY.reduce_modulo) == (
+        0,
+        999,
+        1000,
+    )
     assert (A3.min_value, A3.max_value, A3.reduce_modulo) == (0, 99999, None)
     assert POLICIES == {"aimo1": A1, "aimo2": AIMO2_POLICY, "aimo3": A3}
     assert all(p.accept_answer_is for p in POLICIES.values())
@@ -367,7 +375,8 @@ def test_policy_type_validation() -> None:
     ("policy", "value", "expected"),
     [
         pytest.param(A1, 5, 5, id="in-range"),
-        pytest.param(A1, 1000, None, id="above"),
+        pytest.param(NO_MOD, 1000, None, id="above"),
+        pytest.param(A1, 1000, 0, id="aimo1-above-reduced"),
         pytest.param(A1, -1, None, id="negative"),
         pytest.param(A1, None, None, id="none"),
         pytest.param(A1, True, None, id="bool"),
@@ -385,6 +394,69 @@ def test_policy_type_validation() -> None:
 )
 def test_policy_admit(policy: AnswerPolicy, value: object, expected: int | None) -> None:
     assert policy.admit(value) == expected
+
+
+# The mod-1000 policy: AIMO-1/2 "the answer is a non-negative integer, which you should report
+# modulo 1000"; AIMO-3 answers are 0..99999 with no implied modulus. (model output, competition,
+# expected answer); each row with a 4-digit answer was None before the policies reduced.
+MOD_1000_CASES = [
+    pytest.param("so the year is $\\boxed{2024}$.", "aimo1", 24, id="aimo1-2024-is-24"),
+    pytest.param("so the year is $\\boxed{2024}$.", "aimo2", 24, id="aimo2-2024-is-24"),
+    pytest.param("so the year is $\\boxed{2024}$.", "aimo3", 2024, id="aimo3-2024-kept"),
+    pytest.param("$\\boxed{1000}$", "aimo2", 0, id="aimo2-1000-is-0"),
+    pytest.param("$\\boxed{3^{7}}$", "aimo1", 187, id="aimo1-power-2187"),
+    pytest.param("$\\boxed{123{,}456}$", "aimo2", 456, id="aimo2-thousands-sep"),
+    pytest.param("The answer is 8178.", "aimo1", 178, id="aimo1-answer-is-8178"),
+    pytest.param("$\\boxed{123456}$", "aimo3", None, id="aimo3-above-99999-invalid"),
+    pytest.param("$\\boxed{-24}$", "aimo1", None, id="aimo1-negative-invalid"),
+    pytest.param("$\\boxed{-1976}$", "aimo2", None, id="aimo2-negative-large-invalid"),
+    pytest.param("$\\boxed{-24}$", "aimo3", None, id="aimo3-negative-invalid"),
+    pytest.param("$\\boxed{2024.5}$", "aimo1", None, id="aimo1-non-integer-invalid"),
+    pytest.param("$\\boxed{\\frac{4049}{2}}$", "aimo2", None, id="aimo2-fraction-invalid"),
+]
+
+
+@pytest.mark.parametrize(("text", "competition", "expected"), MOD_1000_CASES)
+def test_mod_1000_policy(text: str, competition: str, expected: int | None) -> None:
+    assert extract_answer(text, POLICIES[competition]) == expected
+
+
+@pytest.mark.parametrize("competition", ["aimo1", "aimo2"])
+def test_mod_1000_policy_votes_2024_with_24(competition: str) -> None:
+    result = vote([2024, 7, 24, None, -24], POLICIES[competition])
+    assert (result.answer, result.counts, result.n_valid) == (24, {24: 2.0, 7: 1.0}, 3)
+    assert vote([2024, 7, 24], A3).counts == {2024: 1.0, 7: 1.0, 24: 1.0}
+
+
+@pytest.mark.parametrize(
+    ("competition", "returned", "submitted"),
+    [
+        pytest.param("aimo1", 2024, 24, id="aimo1-reduced"),
+        pytest.param("aimo2", 1042, 42, id="aimo2-reduced"),
+        pytest.param("aimo3", 2024, 2024, id="aimo3-kept"),
+        pytest.param("aimo3", 123456, 0, id="aimo3-out-of-range-fallback"),
+        pytest.param("aimo1", -5, 0, id="aimo1-negative-fallback"),
+    ],
+)
+def test_mod_1000_policy_safe_answer(competition: str, returned: int, submitted: int) -> None:
+    from kaggle_submission.competition.base import safe_answer
+
+    policy = POLICIES[competition]
+    assert safe_answer(lambda _id, _problem: returned, "p", "text", policy) == submitted
+
+
+@pytest.mark.parametrize(
+    ("policy", "truth", "expected"),
+    [
+        pytest.param(A1, 24, 24, id="in-range"),
+        pytest.param(A1, 1296, 296, id="amc-truth-reduced"),
+        pytest.param(A1, -4, -4, id="negative-truth-unreachable"),
+        pytest.param(A3, 1296, 1296, id="aimo3-kept"),
+        pytest.param(A3, 123456, 123456, id="aimo3-above-unreachable"),
+    ],
+)
+def test_policy_truth_scores_like_votes(policy: AnswerPolicy, truth: int, expected: int) -> None:
+    assert policy.truth(truth) == expected
 
 
 def test_policy_admit_accepts_index_types() -> None:
@@ -435,8 +507,8 @@ def test_vote_tie_break_earliest_first_appearance() -> None:
 
 
 def test_vote_tie_break_ignores_invalid_occurrences() -> None:
-    # 1500 comes first but is out of range under AIMO1: it does not set first appearance.
-    assert vote([1500, 2, 500, 500, 2]).answer == 2
+    # -1500 comes first but is invalid (negative): it does not set first appearance.
+    assert vote([-1500, 2, 500, 500, 2]).answer == 2
 
 
 def test_vote_tie_break_weighted() -> None:
@@ -446,7 +518,7 @@ def test_vote_tie_break_weighted() -> None:
 
 
 def test_vote_unique_leader_is_permutation_invariant() -> None:
-    answers = [11, 22, 11, 33, 22, 11, None, 1500]
+    answers = [11, 22, 11, 33, 22, 11, None, -1500]
     weights = [0.5, 1.0, 0.25, 2.0, 1.5, 1.0, 3.0, 9.0]
     expected = vote(answers, weights=weights)
     assert expected.answer == 22
@@ -482,7 +554,7 @@ def test_vote_empty_input_uses_policy_fallback() -> None:
 
 
 def test_vote_ignores_out_of_range_and_negatives() -> None:
-    result = vote([1000, -5, 12, 1000, 1000, True, 12.0], A1)  # type: ignore[list-item]
+    result = vote([1000, -5, 12, 1000, 1000, True, 12.0], NO_MOD)  # type: ignore[list-item]
     assert result.answer == 12
     assert result.counts == {12: 1.0}
     assert (result.n_valid, result.n_total) == (1, 7)
@@ -492,7 +564,8 @@ def test_vote_ignores_out_of_range_and_negatives() -> None:
 
 def test_vote_policy_range_aimo3() -> None:
     assert vote([1000, 1000, 12], A3).answer == 1000
-    assert vote([1000, 1000, 12], A1).answer == 12
+    assert vote([1000, 1000, 12], NO_MOD).answer == 12
+    assert vote([1000, 1000, 12], A1).answer == 0
 
 
 def test_vote_reduce_modulo_applies_like_extraction() -> None:
@@ -562,3 +635,26 @@ def test_import_is_pure_stdlib() -> None:
         [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
     )
     assert proc.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("competition", "truth", "returned", "correct"),
+    [
+        pytest.param("aimo1", 1296, 1296, True, id="aimo1-amc-1296-scored-as-296"),
+        pytest.param("aimo2", 24, 2024, True, id="aimo2-2024-right-for-24"),
+        pytest.param("aimo1", -4, 996, False, id="aimo1-negative-truth-unreachable"),
+        pytest.param("aimo3", 2024, 2024, True, id="aimo3-kept"),
+        pytest.param("aimo3", 24, 2024, False, id="aimo3-no-modulus"),
+    ],
+)
+def test_mod_1000_policy_local_gateway_scores_like_the_vote(
+    tmp_path, competition: str, truth: int, returned: int, correct: bool
+) -> None:
+    """The kernel's answer goes through the policy, the truth too: both mean the same thing."""
+    from kaggle_submission.competition.gateway import run_local_gateway
+    from kaggle_submission.problems import Problem
+
+    problem = Problem(key="p", id="p", problem="?", answer=truth, row=2, source="test")
+    result = run_local_gateway(competition, [problem], lambda _i, _p: returned, tmp_path)
+    assert result.rows[0].answer == POLICIES[competition].admit(returned)
+    assert result.rows[0].correct is correct

@@ -307,8 +307,8 @@ def test_wheels_command_targets_kaggle_python(tmp_path):
         assert tag in platforms
     assert "manylinux_2_36_x86_64" not in platforms  # newer than Kaggle's glibc
     assert ("--dest", str(dest)) in pairs and ("-r", str(req)) in pairs
-    assert "--no-deps" not in command
-    assert "--no-deps" in bk.wheels_command(req, dest, no_deps=True)
+    assert "--no-deps" in command  # requirements.txt is the exact set (issue 16)
+    assert "--no-deps" not in bk.wheels_command(req, dest, no_deps=False)
 
 
 def test_wheels_flag_runs_pip_download_and_writes_dataset_metadata(
@@ -316,6 +316,9 @@ def test_wheels_flag_runs_pip_download_and_writes_dataset_metadata(
 ):
     calls = []
     monkeypatch.setattr(bk.subprocess, "run", lambda cmd, check: calls.append(cmd))
+    checked = []
+    ok = type("Ok", (), {"ok": True, "render": lambda self: "OK"})()
+    monkeypatch.setattr(bk, "check_downloaded", lambda *a: checked.append(a) or ok)
     req = tmp_path / "requirements.txt"
     req.write_text("sympy==1.14.0\n")
     wheels = tmp_path / "wheels"
@@ -327,6 +330,7 @@ def test_wheels_flag_runs_pip_download_and_writes_dataset_metadata(
     assert meta["id"] == "tester/aimo-kit-wheels"
     assert meta["title"] and meta["licenses"] == [{"name": "other"}]
     assert (wheels / "requirements.txt").read_text() == req.read_text()
+    assert checked == [(req, wheels)]  # the resolver check runs on what was downloaded
 
 
 # ------------------------------------------------------------------------------ notebook_main
@@ -501,7 +505,6 @@ def test_built_notebook_runs_end_to_end_on_cpu(tmp_path, tiny_model_dir, competi
         "budget.total_s": 300,
         "budget.startup_reserve_s": 60,
         "budget.safety_s": 1,
-        "budget.floor_s": 1,
         "budget.cap_s": 20,
     }
     build = bk.build(

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from kaggle_submission.answers import AIMO1_POLICY
-from kaggle_submission.backends.base import GenerationRequest
+from kaggle_submission.backends.base import Completion, GenerationRequest
 from kaggle_submission.backends.replay import ReplayBackend
 from kaggle_submission.backends.scripted import ScriptedBackend, tir_script
 from kaggle_submission.config import EngineConfig, override
@@ -172,9 +172,16 @@ RULE_CASES = [
     pytest.param(
         [[CODE_42, "\n\\boxed{1042}"]],
         {},
+        [("answered", 42, 0, 1)],
+        42,
+        id="aimo1-reduces-mod-1000",
+    ),
+    pytest.param(
+        [[CODE_42, "\n\\boxed{-42}"]],
+        {},
         [("no_answer", None, 0, 1)],
         0,
-        id="out-of-range-is-no-answer",
+        id="negative-is-no-answer",
     ),
 ]
 
@@ -304,8 +311,11 @@ def test_backend_failure_still_answers(sandbox):
     assert solution.answer == AIMO1_POLICY.fallback
     assert solution.vote.used_fallback
     assert solution.stop_reason == "error"
-    assert solution.error == "every rollout failed in the backend"
-    assert {r.status for r in solution.trace.rollouts} == {"error"}
+    # a dead engine (a CUDA error escaping the backend) ends the problem at once
+    assert solution.failure == "engine_dead"
+    assert solution.error == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    statuses = {r.status for r in solution.trace.rollouts}
+    assert "error" in statuses and statuses <= {"error", "cancelled"}
 
 
 def test_no_round_barrier_follows_the_slowest_chain(sandbox):
@@ -361,3 +371,63 @@ def test_end_to_end_with_a_tiny_llama(tiny_model_dir, tmp_path):
     while _descendants() - before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _descendants() - before == set()
+
+
+class StallingBackend(ScriptedBackend):
+    """Rollouts 0-1 are answered; the others' requests stay in flight with no token."""
+
+    async def generate(self, request):
+        if request.rollout >= 2:
+            await asyncio.Event().wait()
+        return await super().generate(request)
+
+
+def test_silent_engine_ends_the_solve_keeping_finished_votes(sandbox):
+    config = EngineConfig(num_rollouts=4, early_stop=NEVER_STOP, silence_timeout_s=0.3)
+    deadline = time.monotonic() + 60.0
+    solution = asyncio.run(
+        solve_async(
+            PROBLEM, backend=StallingBackend(), sandbox=sandbox, config=config, deadline=deadline
+        )
+    )
+    assert solution.stop_reason == "error" and solution.failure == "engine_dead"
+    assert "produced nothing" in (solution.error or "")
+    assert solution.answer == 42 and solution.vote.counts == {42: 2.0}
+    statuses = [r.status for r in solution.trace.rollouts]
+    assert statuses == ["answered", "answered", "cancelled", "cancelled"]
+
+
+class ContextFullBackend(ScriptedBackend):
+    """The first attempt's second call finds the context full; the restart succeeds."""
+
+    async def generate(self, request):
+        if request.call == 1:
+            return Completion.failed(
+                request.request_id,
+                "The decoder prompt (length 4097) is longer than the maximum model length of 4096.",
+                time.perf_counter(),
+                "context",
+            )
+        return await super().generate(request)
+
+
+@pytest.mark.parametrize("restart", [True, False])
+def test_full_context_ends_the_rollout_unfinished_not_as_an_error(sandbox, restart):
+    config = EngineConfig(num_rollouts=2, early_stop=NEVER_STOP, restart_unfinished=restart)
+    solution = asyncio.run(
+        solve_async(PROBLEM, backend=ContextFullBackend(), sandbox=sandbox, config=config)
+    )
+    assert solution.stop_reason == "finished" and solution.failure is None
+    for rollout in solution.trace.rollouts:
+        full = rollout.segments[2]
+        assert full.kind == "generation" and full.finish_reason == "length"
+        if restart:  # call 2 restarts from the prompt, call 3 answers
+            assert (rollout.status, rollout.restarts, rollout.answer) == ("answered", 1, 42)
+        else:
+            assert rollout.status == "no_answer"
+
+
+def test_solver_hang_grace_comes_from_the_config(sandbox):
+    config = EngineConfig(num_rollouts=1, hang_grace_s=7.5)
+    with Solver(ScriptedBackend(), sandbox, config) as solver:
+        assert solver.hang_grace_s == 7.5

@@ -88,13 +88,13 @@ def test_aimo3_range_and_answer_column(tmp_path):
     assert {r.answer for r in result.rows} == {54321}
     assert adapter.POLICY.max_value == 99999
     assert adapter.predict.__name__ == "predict"
-    assert adapter.predict.__module__ == "kaggle_submission.competition.kaggle_eval"
+    assert adapter.predict.__module__ == adapter.__name__  # a module-level function of its own
 
 
 def test_predict_accepts_series_and_runs_in_a_worker_thread():
     adapter = get_adapter("aimo2")
     adapter_install = pytest.importorskip("kaggle_submission.competition.kaggle_eval").install
-    adapter_install(doubling, adapter.POLICY)
+    adapter_install(doubling)
     out = {}
 
     def worker() -> None:
@@ -184,3 +184,45 @@ def test_aimo1_run_uses_the_aimo_module(monkeypatch):
     monkeypatch.setitem(sys.modules, "aimo", fake)
     get_adapter("aimo1").run(doubling)
     assert env.submissions == [(f"p{i}", 2 * i) for i in range(3)]
+
+
+def test_an_empty_rerun_variable_still_means_the_rerun(monkeypatch):
+    """Kaggle tests the variable with `is not None`: set to "" it is the rerun, so serve."""
+    import sys
+    import types
+
+    adapter = get_adapter("aimo2")
+    module_name, class_name = adapter.SERVER
+    fake = types.ModuleType(module_name)
+    setattr(fake, class_name, FakeServer)
+    monkeypatch.setitem(sys.modules, module_name, fake)
+    monkeypatch.setenv("KAGGLE_IS_COMPETITION_RERUN", "")
+    serving: list[int] = []
+    adapter.run(doubling, "/kaggle/input/test.csv", on_serving=lambda: serving.append(1))
+    assert FakeServer.instances[-1].calls == [("serve",)]
+    assert serving == [1]
+
+
+@pytest.mark.parametrize("competition", ["aimo2", "aimo3"])
+@pytest.mark.parametrize("extra", [0, 1, 2])
+@pytest.mark.parametrize("problem_id", [7, "7"], ids=["int-id", "str-id"])
+def test_predict_takes_extra_columns_and_returns_the_id_unchanged(competition, extra, problem_id):
+    from kaggle_submission.competition.kaggle_eval import install
+
+    adapter = get_adapter(competition)
+    install(doubling)
+    columns = [pl.Series("id", [problem_id]), pl.Series("problem", ["What is 4 + 4?"])]
+    columns += [pl.Series(f"extra{i}", [i]) for i in range(extra)]
+    frame = adapter.predict(*columns)
+    assert frame.to_dicts() == [{"id": problem_id, "answer": 8}]
+    assert type(frame["id"][0]) is type(problem_id)
+
+
+@pytest.mark.parametrize("competition", ["aimo2", "aimo3"])
+def test_predict_before_install_answers_the_adapters_fallback(competition):
+    from kaggle_submission.competition.kaggle_eval import install
+
+    adapter = get_adapter(competition)
+    install(None)
+    frame = adapter.predict(pl.Series("id", ["x"]), pl.Series("problem", ["What is 4 + 4?"]))
+    assert frame.to_dicts() == [{"id": "x", "answer": adapter.POLICY.fallback}]

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 
 from kaggle_submission.answers import AIMO1_POLICY, AIMO3_POLICY
-from kaggle_submission.problems import ProblemFileError, load_problems
+from kaggle_submission.problems import ProblemFileError, load_problems, truths
 
 SHIPPED = [
-    # name, rows, key field, answers known, outside 0..999, outside 0..99999
+    # name, rows, key field, answers known, unanswerable under AIMO-1 (non-negative mod 1000),
+    # unanswerable under AIMO-3 (0..99999)
     pytest.param("aimo1-train", 10, "id", True, 0, 0, id="aimo1-train"),
     pytest.param("aime-2022-2024", 90, "id", True, 0, 0, id="aime"),
-    pytest.param("amc12-2022-2023", 83, "url", True, 6, 2, id="amc12"),
-    pytest.param("aimo3-reference", 10, "id", True, 5, 0, id="aimo3-reference"),
+    pytest.param("amc12-2022-2023", 83, "url", True, 2, 2, id="amc12"),
+    pytest.param("aimo3-reference", 10, "id", True, 0, 0, id="aimo3-reference"),
     pytest.param("aimo1-test-placeholder", 3, "id", False, 0, 0, id="aimo1-test"),
 ]
 
@@ -38,7 +39,13 @@ def test_aime_zero_padded_and_amc_floats_kept_as_integers():
         by_url["https://artofproblemsolving.com/wiki/index.php/2022_AMC_12A_Problems/Problem_17"]
         == -4
     )
-    assert sorted(p.answer for p in amc.outside(AIMO1_POLICY)) == [-4, -1, 1296, 1625, 3159, 8178]
+    assert sorted(p.answer for p in amc.outside(AIMO1_POLICY)) == [-4, -1]
+    above = sorted(p.answer for p in amc if p.answer is not None and p.answer > 999)
+    assert above == [1296, 1625, 3159, 8178]  # kept as in the file
+    scored = truths(amc, AIMO1_POLICY)
+    assert sorted(scored[p.key] for p in amc if p.answer in above) == [159, 178, 296, 625]
+    assert sorted(t for t in scored.values() if t is not None and t < 0) == [-4, -1]
+    assert truths(amc, AIMO3_POLICY) == by_url
 
 
 BROKEN = [

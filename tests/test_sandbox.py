@@ -27,7 +27,10 @@ from kaggle_submission.sandbox import (
     SandboxConfig,
     Session,
     _OutputBuffer,
+    format_memory,
     format_seconds,
+    host_memory_bytes,
+    memory_limit_bytes,
 )
 
 TIMEOUT = 1.0
@@ -36,6 +39,14 @@ TIMEOUT_LINE = "TimeoutError: the code ran longer than 1 second and was stopped.
 RESTORED_LINE = "The interpreter was restarted; variables from earlier blocks were restored."
 LOST_LINE = "The interpreter was restarted; variables from earlier blocks are lost."
 RESTARTED_LINE = "The interpreter was restarted."
+THREADS_LINE = "This code left threads running after it ended; they were stopped."
+STDOUT_REOPENED_LINE = "This code closed sys.stdout; it was reopened for later blocks."
+STDERR_REOPENED_LINE = "This code closed sys.stderr; it was reopened for later blocks."
+OUTPUT_BROKEN_LINE = "This code disconnected the interpreter's output."
+MEMORY_LINE = (
+    "MemoryError: the interpreter was stopped for using too much memory "
+    "(all interpreters together may use 300 MB)."
+)
 
 
 @pytest.fixture(scope="module")
@@ -297,6 +308,174 @@ def test_segfault_crash_message(session: Session) -> None:
     assert_recovers(session)
 
 
+# ------------------------------------------------------------------------- limits code cannot undo
+
+
+@pytest.mark.parametrize("stream", ["sys.stdout", "sys.__stdout__"])
+def test_closed_stdout_does_not_silence_later_blocks(session: Session, stream: str) -> None:
+    pid = session.pid
+    r = session.run(f"import sys\n{stream}.close()")
+    assert (r.output, r.ok, r.reset) == (f"{STDOUT_REOPENED_LINE}\n", True, False)
+    r = session.run("print(1+1)")
+    assert (r.output, r.ok, r.error) == ("2\n", True, None)
+    assert session.pid == pid  # reopened in place: no restart needed
+
+
+def test_closed_stdout_and_stderr_keep_the_traceback(session: Session) -> None:
+    r = session.run("import sys\nsys.stderr.close()\nsys.stdout.close()\nprint('lost')")
+    assert r.output == (
+        "Traceback (most recent call last):\n"
+        '  File "<code>", line 4, in <module>\n'
+        "    print('lost')\n"
+        "ValueError: I/O operation on closed file.\n"
+        f"{STDOUT_REOPENED_LINE}\n{STDERR_REOPENED_LINE}\n"
+    )
+    assert session.run("import sys\nprint('e', file=sys.stderr)\n1+1").output == "e\n2\n"
+
+
+# Closes every fd of the output pipe, the worker's private copy included: dup2 cannot repair it.
+CUT_OUTPUT = (
+    "import os\n"
+    "pipe = os.readlink('/proc/self/fd/1')\n"
+    "for fd in sorted(int(f) for f in os.listdir('/proc/self/fd')):\n"
+    "    try:\n"
+    "        same = os.readlink(f'/proc/self/fd/{fd}') == pipe\n"
+    "    except OSError:\n"
+    "        same = False\n"
+    "    if same and fd > 2:\n"
+    "        os.close(fd)\n"
+    "os.close(1)\n"
+    "os.close(2)\n"
+)
+
+
+def test_broken_output_pipe_replaces_the_worker(session: Session) -> None:
+    session.run("keep = 7")
+    pid = session.pid
+    r = session.run(CUT_OUTPUT)
+    assert r.output == f"{OUTPUT_BROKEN_LINE}\n{RESTORED_LINE}\n"
+    assert (r.ok, r.reset, r.restored) == (True, True, True)
+    assert session.pid != pid
+    assert session.run("print(keep)").output == "7\n"
+
+
+BUSY_THREAD = (
+    "import threading\n"
+    "threading.Thread(target=lambda: [0 for _ in iter(int, 1)], daemon={daemon}).start()\n"
+    "print('started')"
+)
+
+
+@pytest.mark.parametrize("daemon", [False, True])
+def test_thread_left_running_is_stopped_with_its_worker(session: Session, daemon: bool) -> None:
+    session.run("keep = 7")
+    pid = session.pid
+    assert pid is not None
+    r = session.run(BUSY_THREAD.format(daemon=daemon))
+    assert r.output == f"started\n{THREADS_LINE}\n{RESTORED_LINE}\n"
+    assert (r.ok, r.reset, r.restored, r.error) == (True, True, True, None)
+    assert _gone_within([pid], 5)  # the old worker and its busy thread no longer exist
+    fresh = session.pid
+    assert fresh is not None and fresh != pid
+    assert psutil.Process(fresh).num_threads() == 1
+    r = session.run("import threading\nprint(threading.active_count(), keep)")
+    assert (r.output, r.reset) == ("1 7\n", False)
+
+
+def test_thread_that_finishes_right_away_keeps_the_worker(session: Session) -> None:
+    pid = session.pid
+    r = session.run("import threading\nthreading.Thread(target=print, args=('hi',)).start()")
+    assert (r.output, r.reset) == ("hi\n", False)
+    assert session.pid == pid
+
+
+RAISE_RLIMIT = (
+    "import resource\n"
+    "resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))\n"
+)
+
+
+@pytest.fixture(scope="module")
+def small_memory_sandbox() -> Iterator[Sandbox]:
+    """300 MB for the template and every worker together: a 600 MB block must be stopped."""
+    config = SandboxConfig(timeout_s=30.0, memory_total_mb=300, memory_share=None)
+    with Sandbox(config) as sb:
+        yield sb
+
+
+def test_memory_limit_kills_a_block_that_lifted_its_rlimit(small_memory_sandbox: Sandbox) -> None:
+    with small_memory_sandbox.session() as s, small_memory_sandbox.session() as bystander:
+        s.run("keep = 7")
+        bystander.run("other = 8")
+        pid = s.pid
+        # Without the shared limit this block would run until its 30 s timeout.
+        r = s.run(
+            RAISE_RLIMIT + "x = b'1' * (600 << 20)\nimport time\nwhile True: time.sleep(0.01)"
+        )
+        assert r.output == f"{MEMORY_LINE}\n{RESTORED_LINE}\n"
+        assert (r.ok, r.timed_out, r.reset, r.restored, r.error, r.crash) == (
+            False,
+            False,
+            True,
+            True,
+            "MemoryError",
+            None,
+        )
+        assert _gone_within([pid], 5)
+        assert s.run("print(keep)").output == "7\n"
+        assert bystander.run("print(other)").output == "8\n"  # only the largest was killed
+
+
+WAIT_UNTIL_GONE = (
+    "import time\n"
+    "def alive(pid):\n"
+    "    try:\n"
+    "        return open(f'/proc/{{pid}}/stat').read().rsplit(')', 1)[1].split()[0] != 'Z'\n"
+    "    except OSError:\n"
+    "        return False\n"
+    "b = b'1' * (120 << 20)\n"
+    "while alive({pid}):\n"
+    "    time.sleep(0.01)\n"
+    "del b\n"
+    "print('gone')"
+)
+
+
+def test_memory_limit_kills_the_largest_idle_worker(small_memory_sandbox: Sandbox) -> None:
+    with small_memory_sandbox.session() as idle, small_memory_sandbox.session() as busy:
+        pid = idle.pid
+        assert pid is not None
+        # 180 MB alone fits in 300 MB; it fails after allocating, so it is not replayed later.
+        r = idle.run("x = b'1' * (180 << 20)\nraise ValueError('kept x')")
+        assert r.error == "ValueError"
+        # 120 MB more goes over: the idle worker holds more, so it is the one killed, and this
+        # block ends when it sees that (its own 30 s timeout would fail the test).
+        r = busy.run(WAIT_UNTIL_GONE.format(pid=pid))
+        assert (r.output, r.reset) == ("gone\n", False)
+        r = idle.run("print(1+1)")
+        assert r.output == f"{MEMORY_LINE}\n{RESTARTED_LINE}\n"
+        assert (r.error, r.reset) == ("MemoryError", True)
+        assert_recovers(idle)
+
+
+def test_memory_limit_config() -> None:
+    with pytest.raises(ValueError, match="memory_share"):
+        SandboxConfig(memory_share=1.5)
+    with pytest.raises(ValueError, match="memory_total_mb"):
+        SandboxConfig(memory_total_mb=0)
+    assert memory_limit_bytes(SandboxConfig(memory_share=None)) is None
+    assert memory_limit_bytes(SandboxConfig(memory_share=None, memory_total_mb=300)) == 300 << 20
+    host = host_memory_bytes()
+    assert host is not None
+    both = SandboxConfig(memory_share=0.5, memory_total_mb=300)
+    assert memory_limit_bytes(both) == min(300 << 20, int(host * 0.5))
+    assert [format_memory(n) for n in (300 << 20, 31 << 29, 1 << 30)] == [
+        "300 MB",
+        "15.5 GB",
+        "1.0 GB",
+    ]
+
+
 # --------------------------------------------------------------------------- hostile code
 
 
@@ -328,6 +507,11 @@ def _ok(r: ExecResult) -> None:
     assert r.ok, r.output
 
 
+def _threads_stopped(r: ExecResult) -> None:
+    assert (r.ok, r.reset) == (True, True), r.output
+    assert r.output == f"started\n{THREADS_LINE}\n{RESTARTED_LINE}\n"
+
+
 HOSTILE: list[tuple[str, str, Callable[[ExecResult], None]]] = [
     ("busy_loop", "while True: pass", _timed_out),
     ("c_level_loop", "sum(range(10**12))", _timed_out),
@@ -352,7 +536,7 @@ HOSTILE: list[tuple[str, str, Callable[[ExecResult], None]]] = [
         "import threading\n"
         "threading.Thread(target=lambda: [0 for _ in iter(int, 1)]).start()\n"
         "print('started')",
-        _ok,
+        _threads_stopped,
     ),
     (
         "background_child",

@@ -376,6 +376,7 @@ def test_overlong_prompt_is_an_error_and_the_engine_lives(loop, backend) -> None
     c = gen(loop, backend, PROMPT * 200, temperature=0.0, max_tokens=4)
     assert c.finish_reason == "error" and c.text == ""
     assert c.error and "1024" in c.error
+    assert c.failure == "context"  # the engine's rule: this problem only, no rebuild
     assert not backend.dead
     assert gen(loop, backend, temperature=0.0, max_tokens=4).finish_reason == "length"
 

@@ -17,6 +17,17 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 FinishReason = Literal["stop", "length", "eos", "abort", "error"]
 
+# Why a request failed, decided by the backend where it catches the error, so that the engine
+# and the kernel never parse messages:
+#   "request": this request only (a rejected parameter, a malformed input): its rollout fails,
+#       the engine is fine;
+#   "context": the context is full (the prompt leaves no room for a token): on a rollout's
+#       first call the problem's prompt is too long, later the rollout ends unfinished;
+#   "engine_dead": every later request would fail too: the engine must be rebuilt;
+#   "oom": out of memory: rebuild with fewer rollouts.
+FailureKind = Literal["request", "context", "engine_dead", "oom"]
+ENGINE_FAILURES: frozenset[str] = frozenset({"engine_dead", "oom"})
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -52,7 +63,8 @@ class Completion:
 
     finish_reason: "stop" when a stop string ended it (the stop string is kept at the end of
     `text`, `stop` names it), "eos" when the model ended its answer, "length" when max_tokens
-    ran out, "abort" when cancelled, "error" when the backend failed (`error` says why).
+    ran out, "abort" when cancelled, "error" when the backend failed (`error` says why,
+    `failure` says what it means for the engine; None: the backend could not tell).
     """
 
     request_id: str
@@ -63,9 +75,16 @@ class Completion:
     completion_tokens: int = 0
     seconds: float = 0.0
     error: str | None = None
+    failure: FailureKind | None = None
 
     @classmethod
-    def failed(cls, request_id: str, message: str, started: float) -> Completion:
+    def failed(
+        cls,
+        request_id: str,
+        message: str,
+        started: float,
+        failure: FailureKind | None = None,
+    ) -> Completion:
         """The answer to a request the backend could not serve (`started`: perf_counter)."""
         return cls(
             request_id=request_id,
@@ -73,12 +92,20 @@ class Completion:
             finish_reason="error",
             seconds=time.perf_counter() - started,
             error=message,
+            failure=failure,
         )
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """What the engine needs from an LLM backend."""
+    """What the engine needs from an LLM backend.
+
+    Optional, looked up with getattr: `start()` (async: load before the first problem),
+    `kill()` (sync, any thread, bounded: free the engine's processes and memory even when its
+    event loop is stuck; a rebuild calls it before building the next engine) and `progress()`
+    (a counter that grows while tokens are produced; the engine's silence watchdog reads it,
+    else it counts completions).
+    """
 
     name: str
     chat_template: str | None
@@ -94,6 +121,47 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]:
         """What ran, for logs and traces: engine, model, versions, settings."""
         ...
+
+
+# Messages as the libraries raise them (torch: "CUDA out of memory. Tried to allocate ...",
+# torch.OutOfMemoryError; vLLM: "The decoder prompt (length N) is longer than the maximum model
+# length of M", "... plus the number of requested output tokens (at least 1) is longer than the
+# maximum model length"; OpenAI-compatible servers: "This model's maximum context length is N").
+_OOM_TYPES = frozenset({"OutOfMemoryError", "OutOfMemory"})
+_OOM_TEXT = ("out of memory", "cuda_error_out_of_memory")
+_CONTEXT_TEXT = (
+    "longer than the maximum model length",
+    "maximum context length",
+    "max_model_len is",
+)
+_DEAD_TYPES = frozenset({"EngineDeadError", "VLLMEngineDead"})
+_DEAD_TEXT = ("cuda error", "device-side assert", "nccl error", "enginecore encountered")
+
+
+def failure_from_message(message: str) -> FailureKind | None:
+    """A failure kind read from an error's text alone (None: nothing recognisable)."""
+    text = message.lower()
+    if any(t in text for t in _OOM_TEXT):
+        return "oom"
+    if any(t in text for t in _CONTEXT_TEXT):
+        return "context"
+    if any(t in text for t in _DEAD_TEXT):
+        return "engine_dead"
+    return None
+
+
+def classify_exception(exc: BaseException, default: FailureKind = "request") -> FailureKind:
+    """What an exception means for the engine, by type names (the whole MRO) and message.
+
+    Out of memory is checked first (it poisons nothing but needs fewer rollouts), then a dead
+    engine, then a full context; anything else is `default`.
+    """
+    names = {klass.__name__ for klass in type(exc).__mro__}
+    if names & _OOM_TYPES:
+        return "oom"
+    if names & _DEAD_TYPES:
+        return "engine_dead"
+    return failure_from_message(str(exc)) or default
 
 
 def problem_key(prompt: str) -> str:

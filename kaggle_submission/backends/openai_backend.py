@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Completion, FinishReason, GenerationRequest, apply_stop
+from .base import Completion, FinishReason, GenerationRequest, apply_stop, failure_from_message
 
 if TYPE_CHECKING:
     import httpx
@@ -645,7 +645,9 @@ class OpenAIBackend:
     def _error(self, request: GenerationRequest, t0: float, message: str) -> Completion:
         self._stats["errors"] += 1
         log.warning("request %s failed: %s", request.request_id, message)
-        return Completion.failed(request.request_id, message, t0)
+        # the server's own message says when a prompt does not fit (HTTP 400 "maximum context
+        # length"); down servers are the failover's business, not a rebuild's: unclassified
+        return Completion.failed(request.request_id, message, t0, failure_from_message(message))
 
 
 def _make_client(

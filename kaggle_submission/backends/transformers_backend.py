@@ -51,7 +51,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .base import Completion, FinishReason, GenerationRequest, apply_stop
+from .base import (
+    Completion,
+    FailureKind,
+    FinishReason,
+    GenerationRequest,
+    apply_stop,
+    classify_exception,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -213,7 +220,7 @@ class TransformersBackend:
         t0 = time.perf_counter()
         if problem is not None:
             self._bump("errors")
-            return Completion(request.request_id, "", "error", seconds=0.0, error=problem)
+            return Completion.failed(request.request_id, problem, t0, "request")
         loop = asyncio.get_running_loop()
         self._counter += 1
         seed = request.params.seed
@@ -245,6 +252,20 @@ class TransformersBackend:
         self._inbox.put(_CLOSE)
         self._thread.join()
         self._release()
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """Free the model from any thread without waiting on an event loop (a rebuild after a
+        stuck loop): stop the worker, wait for it at most `timeout`, drop the weights."""
+        if not self._closed:
+            self._closed = True
+            self._inbox.put(_CLOSE)
+        self._thread.join(timeout)
+        self._release()
+
+    def progress(self) -> int:
+        """Forwards run so far (prefills and decoding steps): the silence watchdog's signal."""
+        with self._stats_lock:
+            return self._stats["batches"] + self._stats["steps"]
 
     def describe(self) -> dict[str, Any]:
         """Engine, model, device, dtype, limits and library versions, for logs and traces."""
@@ -324,7 +345,9 @@ class TransformersBackend:
             try:
                 ids = list(self.tokenizer(req.request.prompt)["input_ids"])
             except Exception as exc:
-                self._finish_error(req, f"tokenization failed: {type(exc).__name__}: {exc}")
+                self._finish_error(
+                    req, f"tokenization failed: {type(exc).__name__}: {exc}", "request"
+                )
                 continue
             new.append((req, ids))
         if not new:
@@ -404,14 +427,16 @@ class TransformersBackend:
                 row.done = True  # dropped from the batch at the next step boundary
             for req, _ in group:
                 if not req.resolved and not req.cancelled:
-                    self._finish_error(req, f"prefill failed: {type(exc).__name__}: {exc}")
+                    self._finish_error(
+                        req, f"prefill failed: {type(exc).__name__}: {exc}", classify_exception(exc)
+                    )
 
     def _new_row(self, req: _Request, ids: list[int]) -> _Row | None:
         """Validate lengths and build the row's state; errors resolve the request."""
         torch = self._torch
         params = req.request.params
         if not ids:
-            self._finish_error(req, "empty prompt: no tokens to condition on")
+            self._finish_error(req, "empty prompt: no tokens to condition on", "request")
             return None
         max_new = params.max_tokens
         if self.max_model_len is not None:
@@ -420,6 +445,7 @@ class TransformersBackend:
                 self._finish_error(
                     req,
                     f"prompt is {len(ids)} tokens, max_model_len is {self.max_model_len}",
+                    "context",
                 )
                 return None
             max_new = min(max_new, room)
@@ -603,9 +629,12 @@ class TransformersBackend:
             ),
         )
 
-    def _finish_error(self, req: _Request, message: str) -> None:
+    def _finish_error(
+        self, req: _Request, message: str, failure: FailureKind | None = "request"
+    ) -> None:
         self._bump("errors")
-        self._resolve(req, Completion.failed(req.request.request_id, message, req.submitted))
+        completion = Completion.failed(req.request.request_id, message, req.submitted, failure)
+        self._resolve(req, completion)
 
     def _resolve(self, req: _Request, completion: Completion) -> None:
         """Hand the result to the request's event loop (thread-safe)."""
@@ -621,13 +650,14 @@ class TransformersBackend:
     def _fail_running(self, exc: BaseException) -> None:
         """A step failed (e.g. out of memory): fail the running rows, start afresh."""
         message = f"{type(exc).__name__}: {exc}"
+        failure = classify_exception(exc)
         for row in self._rows:
             if not row.done:
                 row.done = True
                 if row.req.cancelled:
                     self._bump("cancelled")
                 elif not row.req.resolved:
-                    self._finish_error(row.req, message)
+                    self._finish_error(row.req, message, failure)
         self._rows, self._cache = [], None
         torch = self._torch
         if torch.cuda.is_available():

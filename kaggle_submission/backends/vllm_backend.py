@@ -50,6 +50,7 @@ from .base import Completion, GenerationRequest
 from .vllm_compat import (
     EngineHandle,
     EngineSettings,
+    classify_error,
     map_finish,
     plan_engine_args,
     read_output,
@@ -224,6 +225,7 @@ class VLLMBackend:
         self._engines: list[EngineHandle] = []
         self._spreader: LeastLoaded | None = None
         self._engine_pids: list[int] = []
+        self._build_before: set[int] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._start_task: asyncio.Task[None] | None = None
         self._in_flight: dict[str, EngineHandle] = {}
@@ -296,6 +298,7 @@ class VLLMBackend:
         for note in plan.notes:
             log.info("vLLM %s: %s", api.version, note)
         before = _descendants()
+        self._build_before = before  # kill() finds a half-built engine's processes from it
         engines: list[EngineHandle] = []
         try:
             for index, device in enumerate(layout.devices):
@@ -307,6 +310,11 @@ class VLLMBackend:
                 handle.shutdown()
             raise
         self._engine_pids = sorted(_engine_processes(before))
+        if self._closed:  # killed while it loaded (a build past its deadline)
+            for handle in engines:
+                handle.shutdown()
+            _reap(self._engine_pids, _SHUTDOWN_WAIT_S)
+            raise RuntimeError("VLLMBackend was killed while its engine was being built")
         self._api, self._plan, self._layout_plan = api, plan, layout
         self._spreader = LeastLoaded(len(engines))
         self._engines = engines
@@ -343,6 +351,19 @@ class VLLMBackend:
         await asyncio.to_thread(_reap, self._engine_pids, _SHUTDOWN_WAIT_S)
         self._engine_pids = []
 
+    def kill(self) -> None:
+        """Free the engines from any thread without their event loop (stuck, or a build past
+        its deadline): SIGKILL their processes (EngineCore, workers: the GPU memory is theirs)
+        and reap them. The backend is closed afterwards."""
+        self._closed = True
+        pids = set(self._engine_pids)
+        if self._build_before is not None:  # also what a build in progress has spawned
+            pids |= _engine_processes(self._build_before)
+        self._engines, self._engine_pids = [], []
+        if pids:
+            log.warning("killing vLLM engine processes %s", sorted(pids))
+        _reap(sorted(pids), 0.0)
+
     # ----------------------------------------------------------------- protocol
 
     async def generate(self, request: GenerationRequest) -> Completion:
@@ -373,7 +394,7 @@ class VLLMBackend:
                 stop=tuple(params.stop),
                 seed=int(seed),
             )
-        except Exception as exc:
+        except Exception as exc:  # a rejected parameter: this request only
             return self._error(request, t0, exc)
         index = spreader.acquire((request.problem_key, request.rollout))
         handle = self._engines[index]
@@ -476,8 +497,9 @@ class VLLMBackend:
         cause = exc.__cause__
         if cause is not None:  # vLLM wraps unexpected errors in an empty EngineGenerateError
             message += f" (caused by {type(cause).__name__}: {cause})"
-        log.warning("vLLM request %s failed: %s", request.request_id, message)
-        return Completion.failed(request.request_id, message, t0)
+        failure = classify_error(exc)
+        log.warning("vLLM request %s failed (%s): %s", request.request_id, failure, message)
+        return Completion.failed(request.request_id, message, t0, failure)
 
 
 def _load_chat_template(path: str) -> str | None:

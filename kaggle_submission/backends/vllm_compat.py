@@ -49,7 +49,7 @@ if TYPE_CHECKING:  # annotations only: tests/test_vllm_contract.py reads them
     from vllm.v1.engine.async_llm import AsyncLLM
     from vllm.v1.engine.output_processor import OutputProcessor
 
-    from .base import FinishReason
+    from .base import FailureKind, FinishReason
 
 log = logging.getLogger(__name__)
 
@@ -368,6 +368,38 @@ def map_finish(
     if finish_reason == "abort":
         return "abort", None
     return "error", None
+
+
+# How vLLM reports failures (read in 0.11.2, 0.19.1 and 0.32.0; the test parametrizes them):
+# * EngineDeadError (vllm.v1.engine.exceptions): the engine core process died, whatever the
+#   cause (its message is a fixed "EngineCore encountered an issue..."). A CUDA out-of-memory
+#   inside the core ends this way too: the core logs the traceback and dies, and the front end
+#   only sees EngineDeadError, so it is "engine_dead", not "oom".
+# * EngineGenerateError: generate() wrapped an unexpected error of this request ("Recoverable"
+#   per vLLM) with the real one as __cause__, which decides.
+# * A prompt that does not fit: VLLMValidationError (0.32; a ValueError before) "The decoder
+#   prompt (length N) is longer than the maximum model length of M", or "... plus the number of
+#   requested output tokens (at least 1) is longer than the maximum model length of M".
+# * torch.OutOfMemoryError / "CUDA out of memory" raised in this process (the front end, a
+#   build): "oom".
+def classify_error(exc: BaseException, engine_errored: bool = False) -> FailureKind:
+    """What a vLLM exception means for the engine (see the notes above): "engine_dead",
+    "oom", "context" or, for everything else (a rejected parameter, a recoverable generate
+    error), "request"; `engine_errored` (AsyncLLM.errored) overrides everything."""
+    from .base import classify_exception
+
+    if engine_errored:
+        return "engine_dead"
+    seen: BaseException | None = exc
+    chain: list[BaseException] = []
+    while seen is not None and seen not in chain and len(chain) < 8:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    kinds = [classify_exception(e, default="request") for e in chain]
+    for kind in ("engine_dead", "oom", "context"):
+        if kind in kinds:
+            return kind  # type: ignore[return-value]
+    return "request"
 
 
 class EngineHandle:

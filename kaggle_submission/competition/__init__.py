@@ -1,7 +1,7 @@
 """Competition API adapters: one small module per competition, chosen by the preset.
 
 Each adapter module defines NAME, POLICY, SUBMISSION_FILE, PER_CALL_LIMIT_S and
-`run(answer_fn, test_path, on_kaggle)`; the local gateway drives the same entry points. Adding a
+`run(answer_fn, test_path, on_serving)`; the local gateway drives the same entry points. Adding a
 competition is one module here and one line in ADAPTERS.
 """
 

@@ -2,13 +2,15 @@
 
 `env = aimo.make_env()` once, `env.iter_test()` once, yielding 1-row pandas frames
 (test: id, problem; submission: id, answer); `env.predict(submission)` must be called before
-the next item. The answers are reported mod 1000 by the competition; the kit's policy keeps
-0..999 and rejects the rest rather than reducing (see answers.AnswerPolicy).
+the next item. "The answer is a non-negative integer, which you should report modulo 1000": the
+policy reduces non-negative integers mod 1000 before voting (2024 -> 24) and keeps negatives and
+non-integers invalid (see answers.AnswerPolicy).
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,15 @@ def serve_env(env: Any, answer_fn: AnswerFn) -> int:
     return answered
 
 
-def run(answer_fn: AnswerFn, test_path: str | Path | None = None) -> None:
-    """On Kaggle: the real `aimo` module; `test_path` is unused (the env reads its own data)."""
+def run(
+    answer_fn: AnswerFn,
+    test_path: str | Path | None = None,
+    on_serving: Callable[[], None] | None = None,
+) -> None:
+    """On Kaggle: the real `aimo` module; `test_path` is unused (the env reads its own data).
+    `on_serving` runs once the env exists, just before the first problem is asked for."""
     aimo = importlib.import_module("aimo")
-    serve_env(aimo.make_env(), answer_fn)
+    env = aimo.make_env()
+    if on_serving is not None:
+        on_serving()
+    serve_env(env, answer_fn)

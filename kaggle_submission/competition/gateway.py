@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..problems import Problem
+from ..problems import Problem, truths
 from . import get_adapter
 from .base import AnswerFn
 
@@ -106,7 +106,7 @@ def run_local_gateway(
     order = list(problems)
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
-    truth = {p.key: p.answer for p in order}
+    truth = truths(order, adapter.POLICY)  # as the competition defines it (mod 1000: AIMO-1/2)
     limit = per_call_limit_s if per_call_limit_s is not None else adapter.PER_CALL_LIMIT_S
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -161,7 +161,7 @@ def _serve_kaggle_eval(
 
     from .kaggle_eval import install
 
-    install(answer_fn, adapter.POLICY)
+    install(answer_fn)
     with_answers = all(p.answer is not None for p in order)
     for problem in order:
         columns = {"id": [problem.key], "problem": [problem.problem]}

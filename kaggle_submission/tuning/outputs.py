@@ -76,7 +76,7 @@ def pareto_front(
     return front
 
 
-def preset_overrides(cand: Candidate, time_limit_s: float, problems: int, floor_s: float) -> dict:
+def preset_overrides(cand: Candidate, time_limit_s: float, problems: int) -> dict:
     """The dotted overrides that make a preset run this candidate."""
     rule = cand.rule
     changes: dict[str, Any] = {
@@ -85,12 +85,11 @@ def preset_overrides(cand: Candidate, time_limit_s: float, problems: int, floor_
         "engine.max_tokens_per_call": cand.max_tokens,
         "engine.early_stop": None if rule is None else dataclasses.asdict(rule),
         "budget.cap_s": cand.cap_s,
-        "budget.spread": cand.spread,
+        "budget.base_s": cand.base_s,
+        "budget.borrow_s": cand.borrow_s,
         "budget.total_s": time_limit_s,
         "budget.num_problems": problems,
     }
-    if floor_s > cand.cap_s:
-        changes["budget.floor_s"] = cand.cap_s
     return changes
 
 
@@ -132,10 +131,10 @@ def markdown_table(rows: Sequence[Row], problems: int, hours: bool, confidence: 
     unit = "h" if hours else "s"
     level = f"{confidence:.0%}"
     lines = [
-        f"| N | M | tokens | cap s | stop | spread | accuracy ({level} CI) | right of {problems} "
-        f"({level} PI) | time needed {unit} ({level} CI) | P(overrun) | early | capacity | "
-        "front | |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| N | M | tokens | cap s | stop | base s | borrow s | accuracy ({level} CI) | "
+        f"right of {problems} ({level} PI) | time needed {unit} ({level} CI) | P(overrun) | "
+        "early | capacity | front | |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     ordered = sorted(rows, key=lambda r: (-r.result.accuracy, r.result.demand_s))
     for row in ordered:
@@ -144,7 +143,8 @@ def markdown_table(rows: Sequence[Row], problems: int, hours: bool, confidence: 
         if cap.available is not None:
             fits += f" ({cap.needed // 1000}k/{cap.available // 1000}k)"
         lines.append(
-            f"| {c.n} | {c.m} | {c.max_tokens} | {c.cap_s:g} | {c.early_stop} | {c.spread:g} | "
+            f"| {c.n} | {c.m} | {c.max_tokens} | {c.cap_s:g} | {c.early_stop} | "
+            f"{'even' if c.base_s is None else f'{c.base_s:g}'} | {c.borrow_s:g} | "
             f"{r.accuracy:.3f} [{r.acc_lo:.3f}, {r.acc_hi:.3f}] | "
             f"{r.score_lo:.0f}-{r.score_hi:.0f} | {_time(r.demand_s, hours)} "
             f"[{_time(r.demand_lo, hours)}, {_time(r.demand_hi, hours)}] | {r.p_overrun:.2f} | "

@@ -222,7 +222,8 @@ def build_recorded(
     answer = np.full((P, R), -1, int)
     censored = np.zeros((P, R), bool)
     n_rollouts = np.zeros(P, int)
-    truth_values = np.array([int(truths[p]) for p in ids])  # type: ignore[arg-type]
+    # the truth as the competition defines it (mod 1000 under AIMO-1/2), as the answers are
+    truth_values = np.array([policy.truth(int(truths[p])) for p in ids])  # type: ignore[arg-type]
     truth_id = np.full(P, -2, int)
     for i, pid in enumerate(ids):
         rollouts = by_problem[pid]

@@ -70,29 +70,36 @@ APPROXIMATIONS = (  # what the report says of the method
 
 
 _SPEC = re.compile(
-    r"^(?:agree(?P<agree>\d+)|(?P<k>\d+)of(?P<w>\d+)|(?P<lead>lead))(?P<no>-nolead)?$"
+    r"^(?:agree(?P<agree>\d+)|(?P<k>\d+)of(?P<w>\d+)|(?P<lead>lead))"
+    r"(?:@(?P<share>\d*\.?\d+))?(?P<no>-nolead)?$"
 )
+DEFAULT_MIN_SHARE = ConsensusStop().min_share
 
 
 def parse_early_stop(spec: str) -> ConsensusStop | None:
     """'none' | 'lead' (unbeatable leader only) | 'agree4' | '4of5' (4 agree among the first 5
-    valid); agreement rules keep the unbeatable-leader check (the engine's default) unless
-    suffixed '-nolead'."""
+    valid); '@S' sets the agreeing answer's least share of the weight (ConsensusStop.min_share,
+    e.g. 'agree4@0.5', 'agree4@0': agreement alone; without it the engine's default);
+    agreement rules keep the unbeatable-leader check (the engine's default) unless suffixed
+    '-nolead'."""
     text = spec.strip().lower()
     if text in ("none", "null", "off"):
         return None
     match = _SPEC.match(text)
-    if not match or (match["lead"] and match["no"]):
-        raise ValueError(f"early-stop rule {spec!r}: use none, lead, agreeK or KofW[-nolead]")
+    if not match or (match["lead"] and (match["no"] or match["share"])):
+        raise ValueError(
+            f"early-stop rule {spec!r}: use none, lead, agreeK[@S] or KofW[@S] [-nolead]"
+        )
     if match["lead"]:
         return ConsensusStop(agree=None, unbeatable_leader=True)
     lead = not match["no"]
+    share = DEFAULT_MIN_SHARE if match["share"] is None else float(match["share"])
     if match["agree"]:
-        return ConsensusStop(agree=int(match["agree"]), unbeatable_leader=lead)
+        return ConsensusStop(agree=int(match["agree"]), min_share=share, unbeatable_leader=lead)
     agree, window = int(match["k"]), int(match["w"])
     if agree > window:
         raise ValueError(f"early-stop rule {spec!r}: cannot need more agreeing than the window")
-    return ConsensusStop(agree=agree, within_first=window, unbeatable_leader=lead)
+    return ConsensusStop(agree=agree, min_share=share, within_first=window, unbeatable_leader=lead)
 
 
 def early_stop_spec(rule: ConsensusStop | None) -> str:
@@ -105,19 +112,23 @@ def early_stop_spec(rule: ConsensusStop | None) -> str:
         base = f"agree{rule.agree}"
     else:
         base = f"{rule.agree}of{rule.within_first}"
+    if rule.min_share != DEFAULT_MIN_SHARE:
+        base += f"@{rule.min_share:g}"
     return base if rule.unbeatable_leader else base + "-nolead"
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One setting: N rollouts, M calls, tokens per call, per-problem cap, early stop, spread."""
+    """One setting: N rollouts, M calls, tokens per call, per-problem cap, early stop, and the
+    time bank (base share, None: the even split; most borrowed on top of it)."""
 
     n: int
     m: int
     max_tokens: int
     cap_s: float
     early_stop: str = "none"
-    spread: float = 3.0
+    base_s: float | None = None
+    borrow_s: float = 0.0
 
     @property
     def rule(self) -> ConsensusStop | None:
@@ -127,7 +138,8 @@ class Candidate:
     def label(self) -> str:
         return (
             f"N{self.n} M{self.m} T{self.max_tokens} cap{self.cap_s:g} "
-            f"{self.early_stop} x{self.spread:g}"
+            f"{self.early_stop} base{'even' if self.base_s is None else f'{self.base_s:g}'} "
+            f"borrow{self.borrow_s:g}"
         )
 
 
@@ -256,11 +268,17 @@ def stop_tables(
     if rule is not None:
         stop = np.zeros((rows, n), bool)
         if rule.agree is not None:
-            window = count
+            window, share = count, tally
             if rule.within_first is not None:
                 inside = valid & (np.cumsum(valid, axis=1) <= rule.within_first)
                 window = np.cumsum(onehot & inside[:, :, None], axis=1, dtype=np.int16)
-            stop |= window.max(axis=-1) >= rule.agree
+                share = np.cumsum(onehot * (ws * inside)[:, :, None], axis=1)
+            if rule.min_share > 0:  # ConsensusStop: agree votes AND min_share of the weight
+                total = share.sum(axis=-1, keepdims=True)
+                held = share >= rule.min_share * total - 1e-9
+                stop |= ((window >= rule.agree) & held).any(axis=-1)
+            else:
+                stop |= window.max(axis=-1) >= rule.agree
         if rule.unbeatable_leader:
             ranked = np.sort(tally, axis=-1)
             runner_up = ranked[..., -2] if k > 1 else 0.0
@@ -416,7 +434,7 @@ class Simulator:
 
     def run(self, candidates: Sequence[Candidate]) -> list[CandidateResult]:
         """Every candidate, sharing the rollout replay across the settings that only differ in
-        cap, spread or early stop."""
+        cap, base, borrow or early stop."""
         results: dict[Candidate, CandidateResult] = {}
         by_chain: dict[tuple[int, int, int], list[Candidate]] = {}
         for cand in candidates:
@@ -455,15 +473,15 @@ class Simulator:
             raise ValueError(
                 f"{cand.label}: tokens per call must be 1..{rec.recorded_max_tokens} (recorded)"
             )
-        if cand.cap_s <= 0 or cand.spread < 1:
-            raise ValueError(f"{cand.label}: cap must be positive and spread >= 1")
+        if cand.cap_s <= 0 or cand.borrow_s < 0 or (cand.base_s is not None and cand.base_s <= 0):
+            raise ValueError(f"{cand.label}: cap and base must be positive, borrow >= 0")
         cand.rule  # noqa: B018 - validates the spec
 
     def _evaluate(self, cand: Candidate, tab: Tables, cut_share: float) -> CandidateResult:
-        """Unhurried (cap-only) and budgeted runs. Draw k = 0 is the run that happens (it
-        drives the budget's clock, the wall time and the predictive figures); all K draws are
-        scored at that run's deadlines, which averages the rollout noise out of the expected
-        accuracy and time (the estimation CIs)."""
+        """Unhurried (cap-only: the cap and the per-call limit) and budgeted runs. Draw k = 0
+        is the run that happens (it drives the budget's clock, the wall time and the predictive
+        figures); all K draws are scored at that run's deadlines, which averages the rollout
+        noise out of the expected accuracy and time (the estimation CIs)."""
         cfg = self.config
         B, S, K = tab.stop_idx.shape
         rows = B * S * K
@@ -473,7 +491,7 @@ class Simulator:
             tab.stop_idx.reshape(rows),
             tab.correct.reshape(rows, -1),
             tab.answered.reshape(rows, -1),
-            np.full(rows, cand.cap_s),
+            np.full(rows, min(cand.cap_s, self.budget.per_call_ceiling())),
         )
         t_dem, ok_dem = t_dem.reshape(B, S, K), ok_dem.reshape(B, S, K)
         budget_cfg = dataclasses.replace(
@@ -481,8 +499,8 @@ class Simulator:
             total_s=cfg.time_limit_s,
             num_problems=S,
             cap_s=cand.cap_s,
-            spread=cand.spread,
-            floor_s=min(self.budget.floor_s, cand.cap_s),
+            base_s=cand.base_s,
+            borrow_s=cand.borrow_s,
         )
         now = np.full(B, float(cfg.startup_s))
         budgets = [
