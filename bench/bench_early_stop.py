@@ -33,8 +33,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kaggle_submission.offline.tuning.simulate import stop_tables
 from kaggle_submission.stopping import ConsensusStop, StopView
-from kaggle_submission.tuning.simulate import stop_tables
 
 P_INVALID = 0.15
 CONCENTRATION = 1.2  # Beta(a, b) with a + b = 1.2: U-shaped, many problems easy or hopeless

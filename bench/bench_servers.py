@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))
 
 from kaggle_submission.backends.openai_backend import LocalServer, start_vllm_server  # noqa: E402
-from kaggle_submission.demo import demo_problems  # noqa: E402
+from kaggle_submission.offline.demo import demo_problems  # noqa: E402
+from kaggle_submission.offline.sharded import sharded_dry_run  # noqa: E402
 from kaggle_submission.presets import Preset, get_preset  # noqa: E402
-from kaggle_submission.sharded import sharded_dry_run  # noqa: E402
 
 NOTE = (
     "note: on 2 CPU cores the servers, the client and the sandbox share the same cores; this "
@@ -42,7 +42,7 @@ NOTE = (
 def model_dir(choice: str | None, scratch: Path) -> Path:
     """The model the servers load: a directory, the demo model, or a fresh tiny Llama."""
     if choice == "demo":
-        from kaggle_submission.demo import ensure_demo_model
+        from kaggle_submission.offline.demo import ensure_demo_model
 
         return ensure_demo_model()
     if choice:

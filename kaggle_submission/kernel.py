@@ -40,7 +40,7 @@ def resolve_model(
             raise FileNotFoundError(f"model directory {path} does not exist")
         return path
     if preset.model == "demo":
-        from .demo import ensure_demo_model
+        from .offline.demo import ensure_demo_model
 
         return ensure_demo_model()
     from .manifest import DEFAULT_MANIFEST, load_manifest, locate, verify_directory

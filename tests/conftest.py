@@ -49,7 +49,7 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("transformers")
     pytest.importorskip("trl", reason="building the demo model needs trl (requirements-train.txt)")
     pytest.importorskip("datasets", reason="building the demo model needs datasets")
-    from kaggle_submission.demo import ensure_demo_model
+    from kaggle_submission.offline.demo import ensure_demo_model
 
     reuse = os.environ.get("KAGGLE_SUBMISSION_TEST_DEMO_CACHE")
     return ensure_demo_model(reuse or tmp_path_factory.getbasetemp() / "demo-cache")

@@ -17,9 +17,9 @@ pytest.importorskip("transformers")
 pytest.importorskip("trl", reason="building the demo model needs trl (requirements-train.txt)")
 pytest.importorskip("datasets", reason="building the demo model needs datasets")
 
-from kaggle_submission import demo
 from kaggle_submission import manifest as mf
 from kaggle_submission.answers import extract_answer
+from kaggle_submission.offline import demo
 
 
 def test_demo_problems_are_held_out_and_answerable() -> None:

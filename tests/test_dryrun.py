@@ -7,7 +7,7 @@ import io
 import json
 
 from kaggle_submission.__main__ import main
-from kaggle_submission.dryrun import DryRunOptions, dry_run
+from kaggle_submission.offline.dryrun import DryRunOptions, dry_run
 from kaggle_submission.traces import GenerationSegment, read_traces
 
 

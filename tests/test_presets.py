@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from kaggle_submission.capacity import NUMINAMATH_7B, ModelShape, estimate, parse_hardware, report
+from kaggle_submission.offline.capacity import (
+    NUMINAMATH_7B,
+    ModelShape,
+    estimate,
+    parse_hardware,
+    report,
+)
 from kaggle_submission.presets import PRESETS, get_preset
 from kaggle_submission.stopping import ConsensusStop
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kaggle_submission.report import problem_stats, summarize
+from kaggle_submission.offline.report import problem_stats, summarize
 from kaggle_submission.traces import RolloutTrace, SolveTrace, VoteTrace
 
 

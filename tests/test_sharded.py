@@ -34,15 +34,15 @@ from test_openai_backend import (
 from kaggle_submission.backends.base import Completion, GenerationRequest
 from kaggle_submission.backends.scripted import ScriptedBackend
 from kaggle_submission.engine import fallback_solution
-from kaggle_submission.presets import Preset, get_preset
-from kaggle_submission.problems import Problem
-from kaggle_submission.sharded import (
+from kaggle_submission.offline.sharded import (
     REDONE_FILE,
     TRACES_FILE,
     ShardedResult,
     load_finished,
     sharded_dry_run,
 )
+from kaggle_submission.presets import Preset, get_preset
+from kaggle_submission.problems import Problem
 from kaggle_submission.traces import SolveTrace, read_traces
 
 
@@ -303,7 +303,7 @@ def test_bad_arguments(tmp_path: Path) -> None:
 
 
 def test_two_runs_cannot_share_a_folder(tmp_path: Path) -> None:
-    from kaggle_submission.sharded import _lock_dir
+    from kaggle_submission.offline.sharded import _lock_dir
 
     held = _lock_dir(tmp_path)  # as a run in another process would hold it
     try:
@@ -387,8 +387,8 @@ def test_stub_servers_one_killed_mid_run(tmp_path: Path, stub_loop: StubLoop) ->
 @needs_httpx
 def test_run_sharded_options_over_a_stub_server(tmp_path: Path, stub_loop: StubLoop) -> None:
     """The CLI entry (`dry-run --servers URL --concurrency K --resume`) end to end."""
-    from kaggle_submission.dryrun import DryRunOptions
-    from kaggle_submission.sharded import ShardedOptions, run_sharded
+    from kaggle_submission.offline.dryrun import DryRunOptions
+    from kaggle_submission.offline.sharded import ShardedOptions, run_sharded
 
     stub = stub_loop.call(StubServer().start())
     run = DryRunOptions(

@@ -357,8 +357,8 @@ def test_publish_then_kernel_finds_loads_and_solves(demo_dir: Path, tmp_path: Pa
 
     from kaggle_submission.backends import create_backend
     from kaggle_submission.config import EngineConfig
-    from kaggle_submission.demo import demo_problems
     from kaggle_submission.engine import Solver
+    from kaggle_submission.offline.demo import demo_problems
     from kaggle_submission.sandbox import Sandbox, SandboxConfig
 
     problems = demo_problems(3, seed=3)
@@ -381,7 +381,7 @@ def test_publish_then_kernel_finds_loads_and_solves(demo_dir: Path, tmp_path: Pa
 
 
 def test_kto_samples_with_the_engine_and_trains(demo_dir: Path, tmp_path: Path) -> None:
-    from kaggle_submission.demo import demo_problems
+    from kaggle_submission.offline.demo import demo_problems
     from training.kto import KTOStageConfig, ground_truth, rollout_completion, run
 
     problems = demo_problems(3, seed=11)

@@ -14,7 +14,25 @@ import pytest
 
 from kaggle_submission.answers import AnswerPolicy, vote
 from kaggle_submission.budget import BudgetConfig
-from kaggle_submission.capacity import NUMINAMATH_7B, ModelShape, estimate
+from kaggle_submission.offline.capacity import NUMINAMATH_7B, ModelShape, estimate
+from kaggle_submission.offline.tune import (
+    TuneOptions,
+    add_tune_parser,
+    capacity_checks,
+    parse_duration,
+    tune,
+)
+from kaggle_submission.offline.tuning.recorded import build_recorded
+from kaggle_submission.offline.tuning.simulate import (
+    Candidate,
+    SimConfig,
+    Simulator,
+    apply_deadline,
+    early_stop_spec,
+    parse_early_stop,
+    stop_tables,
+)
+from kaggle_submission.offline.tuning.throughput import ThroughputTable, fit_table, roofline_table
 from kaggle_submission.presets import PRESETS, get_preset
 from kaggle_submission.stopping import ConsensusStop, StopView
 from kaggle_submission.traces import (
@@ -25,24 +43,6 @@ from kaggle_submission.traces import (
     TraceWriter,
     VoteTrace,
 )
-from kaggle_submission.tune import (
-    TuneOptions,
-    add_tune_parser,
-    capacity_checks,
-    parse_duration,
-    tune,
-)
-from kaggle_submission.tuning.recorded import build_recorded
-from kaggle_submission.tuning.simulate import (
-    Candidate,
-    SimConfig,
-    Simulator,
-    apply_deadline,
-    early_stop_spec,
-    parse_early_stop,
-    stop_tables,
-)
-from kaggle_submission.tuning.throughput import ThroughputTable, fit_table, roofline_table
 
 POLICY = PRESETS["demo-cpu"].policy
 TRUTH = 7
@@ -447,7 +447,7 @@ def test_the_time_bank_lends_what_easy_problems_saved_to_hard_ones(tmp_path):
 
 
 def test_default_grid_sets_the_preset_bank_against_the_even_split():
-    from kaggle_submission.tune import candidate_grid
+    from kaggle_submission.offline.tune import candidate_grid
 
     traces = bernoulli_problems(0.5, count=4, rollouts=8)
     rec = build_recorded([traces], {t.problem_id: TRUTH for t in traces}, POLICY)
@@ -640,7 +640,7 @@ def test_cli_reads_traces_and_summary_truth(tmp_path, capsys):
 
 def test_end_to_end_on_a_real_dry_run(tiny_model_dir, tmp_path):
     """Dry run with the tiny model -> tune its traces -> a dry run with the written preset."""
-    from kaggle_submission.dryrun import DryRunOptions, dry_run
+    from kaggle_submission.offline.dryrun import DryRunOptions, dry_run
 
     record = tmp_path / "record"
     dry_run(

@@ -1,4 +1,4 @@
-"""Build and evaluate the DEMO model (see kaggle_submission/demo.py for what it is and why).
+"""Build and evaluate the DEMO model (see kaggle_submission/offline/demo.py for what it is and why).
 
 Usage::
 
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kaggle_submission.demo import (
+from kaggle_submission.offline.demo import (
     DEMO_ENTRY_NAME,
     DEMO_VERSION,
     READY_FILE,
@@ -300,7 +300,7 @@ async def _evaluate_async(
     from kaggle_submission.answers import AIMO1_POLICY
     from kaggle_submission.config import EngineConfig
     from kaggle_submission.engine import solve_async
-    from kaggle_submission.report import summarize
+    from kaggle_submission.offline.report import summarize
 
     config = EngineConfig(
         num_rollouts=rollouts,
@@ -417,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(dump_yaml(cfg), end="")
         return 0
     if args.evaluate:
-        from kaggle_submission.demo import ensure_demo_model
+        from kaggle_submission.offline.demo import ensure_demo_model
 
         model_dir = Path(args.model_dir) if args.model_dir else ensure_demo_model()
         results = evaluate(model_dir, args.problems, args.rollouts, args.modes.split(","))

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from kaggle_submission.demo import DemoTask, generate_tasks
+from kaggle_submission.offline.demo import DemoTask, generate_tasks
 from kaggle_submission.prompts import CODE_FENCE, OUTPUT_FENCE, format_output_block
 
 _EXPR = {
@@ -38,7 +38,7 @@ def task_code(task: DemoTask) -> str:
 
 def tir_solution(task: DemoTask, output: str) -> str:
     """The solution: the code block, the real output block (``t=3;u=7``), the boxed result
-    copied from it as ``3*10+7`` (see kaggle_submission.demo for why)."""
+    copied from it as ``3*10+7`` (see kaggle_submission.offline.demo for why)."""
     tens, units = (part.split("=")[1] for part in output.strip().split(";"))
     return (
         f"{CODE_FENCE}\n{task_code(task)}```\n{OUTPUT_FENCE}{format_output_block(output)}"

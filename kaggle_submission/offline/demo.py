@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .problems import Problem
+from ..problems import Problem
 
 __all__ = [
     "DEMO_ENTRY_NAME",

@@ -156,7 +156,7 @@ def estimate(
 
 def report(preset_name: str, shape: ModelShape | None = None, bits: int | None = None) -> str:
     """A table for one preset (the model's shape from its manifest entry when not given)."""
-    from .presets import get_preset
+    from ..presets import get_preset
 
     preset = get_preset(preset_name)
     if preset.hardware == "cpu":

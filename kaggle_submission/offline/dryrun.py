@@ -15,13 +15,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from .competition.gateway import GatewayRow, run_local_gateway
-from .config import override
-from .kernel import Kernel
-from .presets import Preset, get_preset
-from .problems import Problem, load_problems, truths, unanswerable
+from ..competition.gateway import GatewayRow, run_local_gateway
+from ..config import override
+from ..kernel import Kernel
+from ..presets import Preset, get_preset
+from ..problems import Problem, load_problems, truths, unanswerable
+from ..traces import TraceWriter, read_traces
 from .report import fmt_value, summarize, write_report
-from .traces import TraceWriter, read_traces
 
 log = logging.getLogger(__name__)
 

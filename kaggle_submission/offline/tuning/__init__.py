@@ -1,4 +1,4 @@
-"""The budget tuner's parts; `kaggle_submission.tune` is the entry point.
+"""The budget tuner's parts; `kaggle_submission.offline.tune` is the entry point.
 
 - recorded: traces -> padded arrays of rollout chains (the population resampled)
 - throughput: tokens/s against concurrency (measured table, fit, or roofline assumption)

@@ -35,9 +35,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from ..competition import get_adapter
+from ..presets import PRESETS, Preset, get_preset
 from .capacity import NUMINAMATH_7B, ModelShape, estimate, parse_hardware
-from .competition import get_adapter
-from .presets import PRESETS, Preset, get_preset
 from .tuning.outputs import (
     Capacity,
     Row,

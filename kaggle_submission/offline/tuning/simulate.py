@@ -46,8 +46,8 @@ from typing import Literal
 
 import numpy as np
 
-from ..budget import Budget, BudgetConfig
-from ..stopping import ConsensusStop
+from ...budget import Budget, BudgetConfig
+from ...stopping import ConsensusStop
 from .recorded import Recorded
 from .throughput import ThroughputTable
 

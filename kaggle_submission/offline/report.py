@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .traces import ExecutionSegment, SolveTrace
+from ..traces import ExecutionSegment, SolveTrace
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..answers import AnswerPolicy
-from ..traces import ExecutionSegment, GenerationSegment, RolloutTrace, SolveTrace, read_traces
+from ...answers import AnswerPolicy
+from ...traces import ExecutionSegment, GenerationSegment, RolloutTrace, SolveTrace, read_traces
 
 NO_TERM = 1 << 20
 """`term` of a rollout that ended by running out of calls (or was censored)."""
@@ -131,7 +131,7 @@ def truths_from(
                 if row.get("truth") is not None:
                     truths[str(row["problem_id"])] = int(row["truth"])
     if data is not None:
-        from ..problems import load_problems
+        from ...problems import load_problems
 
         for problem in load_problems(data):
             if problem.answer is not None:

@@ -41,9 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .backends.base import Backend
-from .dryrun import DEMO_BANNER, DryRunOptions, build_preset, load_data
-from .engine import (
+from ..backends.base import Backend
+from ..engine import (
     EngineLoop,
     Solution,
     describe_backend,
@@ -51,10 +50,11 @@ from .engine import (
     solve_async,
     start_backend,
 )
-from .presets import Preset
-from .problems import Problem, truths, unanswerable
-from .sandbox import Sandbox
-from .traces import SolveTrace
+from ..presets import Preset
+from ..problems import Problem, truths, unanswerable
+from ..sandbox import Sandbox
+from ..traces import SolveTrace
+from .dryrun import DEMO_BANNER, DryRunOptions, build_preset, load_data
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +451,7 @@ def _lock_dir(out: Path) -> TextIO:
 def _openai_factory(
     servers: str | Sequence[str] | None, options: Mapping[str, Any]
 ) -> BackendFactory:
-    from .backends.openai_backend import OpenAIBackend
+    from ..backends.openai_backend import OpenAIBackend
 
     assert servers is not None
 
@@ -499,7 +499,7 @@ def _check_configs(
     finished: Mapping[str, SolveTrace], resumed: Sequence[str], preset: Preset
 ) -> None:
     """Warn when resumed records were made with another engine config than this run's."""
-    from .config import to_dict
+    from ..config import to_dict
 
     current = json.loads(json.dumps(to_dict(preset.engine)))
     differing = [k for k in resumed if finished[k].config != current]
@@ -566,7 +566,7 @@ def _write_outputs(
     extra: Mapping[str, Any] | None,
     stream: TextIO | None,
 ) -> None:
-    from .competition import get_adapter
+    from ..competition import get_adapter
     from .report import summarize, write_report
 
     adapter = get_adapter(preset.competition)
@@ -675,7 +675,7 @@ def run_sharded(options: ShardedOptions, stream: TextIO | None = None) -> Sharde
             backend_options["expected_model"] = run.model
         engine_line = f"openai over {options.servers}"
     else:
-        from .kernel import make_backend_factory, resolve_model
+        from ..kernel import make_backend_factory, resolve_model
 
         model_path = resolve_model(preset, run.model)
         factory = make_backend_factory(preset.backend, model_path, dict(preset.backend_options))
