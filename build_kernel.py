@@ -5,13 +5,14 @@
     kaggle kernels push -p dist/kernel        # see docs/upload.md
 
 Why a build: the competition notebook runs offline, so the kit's source travels inside the
-notebook (one cell per module, written to disk at start-up) and its dependencies travel as a
-wheels dataset. The notebook is filled from notebooks/kernel_template.py; the metadata attaches the
-competition, the preset's weights (from weights_manifest.json) and the wheels, with internet off.
+notebook (one cell per module of the Kaggle path, written to disk at start-up; the offline tools
+stay out) and its dependencies travel as a wheels dataset. The notebook is filled from
+notebooks/kernel_template.py; the metadata attaches the competition, the preset's weights (from
+weights_manifest.json) and the wheels, with internet off.
 
 Everything is checked before anything is written: the notebook validates, every module of the
-package is embedded byte for byte, the config cell reproduces the preset, the metadata agrees with
-the manifest, and a second render gives the same bytes (no timestamps, sorted keys, cell ids
+Kaggle path is embedded byte for byte, the config cell reproduces the preset, the metadata agrees
+with the manifest, and a second render gives the same bytes (no timestamps, sorted keys, cell ids
 derived from content), so a rebuild from the same inputs changes nothing.
 """
 
@@ -36,8 +37,16 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 from kaggle_submission import manifest as mf  # noqa: E402
 from kaggle_submission.competition import get_adapter  # noqa: E402
-from kaggle_submission.notebook_main import COMPETITION_SLUGS  # noqa: E402
-from kaggle_submission.presets import PRESETS, Preset, get_preset, parse_overrides  # noqa: E402
+from kaggle_submission.hardware import MACHINE_SHAPES  # noqa: E402  # kernel-metadata shapes
+from kaggle_submission.kaggle_paths import COMPETITION_SLUGS, MODEL_HANDLE_SHAPE  # noqa: E402
+from kaggle_submission.offline import layers  # noqa: E402
+from kaggle_submission.presets import (  # noqa: E402
+    PRESETS,
+    Preset,
+    get_preset,
+    parse_overrides,
+    read_preset_file,
+)
 
 PACKAGE = "kaggle_submission"
 TEMPLATE = REPO / "notebooks" / "kernel_template.py"
@@ -48,14 +57,6 @@ requirements its install cell installs."""
 
 DEFAULT_WHEELS_SLUG = "aimo-kit-wheels"
 DEFAULT_OWNER = "OWNER"
-
-# kernel-metadata.json `machine_shape` (read by `kaggle kernels push`; `--accelerator` overrides
-# it). Names from the Kaggle CLI's documented accelerator list; "NvidiaTeslaT4" is "GPU T4 x2".
-MACHINE_SHAPES: dict[str, str] = {
-    "t4x2": "NvidiaTeslaT4",
-    "l4x4": "NvidiaL4",
-    "h100x1": "NvidiaH100",
-}
 
 # Kaggle's runtime: Python 3.12 on manylinux x86_64 (Ubuntu 22.04, glibc 2.35).
 KAGGLE_PYTHON = "3.12"
@@ -137,18 +138,19 @@ def slugify(text: str) -> str:
 
 
 def package_files(root: Path = REPO) -> dict[str, str]:
-    """Every .py of the package (POSIX paths from the repo root, sorted), nothing else: no
-    caches, no data, no editor leftovers."""
+    """The Kaggle path's modules (POSIX paths from the repo root, sorted): what the notebook's
+    entry (`notebook_main`) imports, at any depth, with the backends' registry's Kaggle backends
+    and the sandbox's worker, read from the syntax trees by `offline/layers.py`. The offline
+    tools, the CLI and the test-double backends never run on Kaggle, so they are not embedded."""
     base = root / PACKAGE
-    files = {}
-    for path in sorted(base.rglob("*.py")):
-        rel = path.relative_to(root)
-        if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
-            continue
-        files[rel.as_posix()] = path.read_text(encoding="utf-8")
-    if f"{PACKAGE}/__init__.py" not in files:
+    if not (base / "__init__.py").is_file():
         raise BuildError(f"{base} is not the kit's package (no __init__.py)")
-    return files
+    graph = layers.scan(root, packages=(PACKAGE,))
+    files = {}
+    for name in layers.kaggle_closure(graph):
+        path = graph.modules[name]
+        files[path.relative_to(root).as_posix()] = path.read_text(encoding="utf-8")
+    return dict(sorted(files.items()))
 
 
 def resolve_preset_input(
@@ -159,19 +161,17 @@ def resolve_preset_input(
     if name_or_path in PRESETS:
         base, overrides = name_or_path, {}
     else:
-        path = Path(name_or_path)
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            base = data["base"]
-            overrides = dict(data.get("overrides", {}))
-        except (OSError, KeyError, TypeError, json.JSONDecodeError) as exc:
+            spec = read_preset_file(name_or_path)
+        except ValueError as exc:
             raise BuildError(
                 f"unknown preset {name_or_path!r}: choose one of {sorted(PRESETS)} or a preset "
                 f"file ({exc})"
             ) from exc
-        overrides["name"] = data.get("name", path.stem)
-        if "description" in data:
-            overrides["description"] = data["description"]
+        base, overrides = spec.base, dict(spec.overrides)
+        overrides["name"] = spec.name
+        if spec.description is not None:
+            overrides["description"] = spec.description
     overrides.update(extra)
     try:
         preset = get_preset(base).with_overrides(overrides)
@@ -187,7 +187,7 @@ def resolve_preset_input(
 
 def model_entry(preset: Preset, manifest_path: Path) -> tuple[mf.ModelEntry | None, str]:
     """The manifest entry of the preset's model and the manifest text the notebook embeds (that
-    entry alone). The demo model needs none: the kernel builds or caches it itself."""
+    entry alone). The demo model needs none: it is built offline (`python -m training.demo`)."""
     if preset.model == "demo":
         return None, mf.Manifest(models={}).dumps()
     if not manifest_path.is_file():
@@ -265,7 +265,7 @@ def _cell_id(kind: str, source: str, seen: set[str]) -> str:
 def _model_text(entry: mf.ModelEntry | None) -> str:
     if entry is None:
         return (
-            "the DEMO model (a tiny Llama, built or cached by the kernel; not a competition model)"
+            "the DEMO model (a tiny Llama from `python -m training.demo`; not a competition model)"
         )
     text = f"`{entry.name}`: Kaggle {entry.kaggle.kind} `{entry.kaggle.handle}`"
     q = entry.quantization
@@ -523,7 +523,7 @@ def validate(build: Build, options: BuildOptions, root: Path = REPO) -> list[str
         for handle in meta.get("model_sources", []):
             parts = handle.split("/")
             if len(parts) != 5 or not parts[4].isdigit():
-                errors.append(f"model source {handle!r} is not owner/model/framework/var/version")
+                errors.append(f"model source {handle!r} is not {MODEL_HANDLE_SHAPE}")
         if entry.kaggle.handle.split("/")[0] == DEFAULT_OWNER:
             warnings.append(
                 f"manifest entry {entry.name}: kaggle handle {entry.kaggle.handle} still says "

@@ -85,7 +85,7 @@ def overhead_trace(n: int, m: int) -> SolveTrace:
 def wait_for_spares(sandbox: Sandbox, count: int, limit_s: float = 30.0) -> None:
     """Steady state of a run: the kernel refills its spares while the next problem loads."""
     deadline = time.monotonic() + limit_s
-    while len(sandbox._core.spares) < count and time.monotonic() < deadline:
+    while len(sandbox.spare_pids) < count and time.monotonic() < deadline:
         time.sleep(0.05)
 
 

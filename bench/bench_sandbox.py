@@ -176,9 +176,8 @@ def main() -> None:
                 f"session; RSS sum {total_rss / 1024:.0f} MiB)",
             )
         )
-        core = sandbox._core
-        poll = median_seconds(core.check_memory, runs)
-        counted_mib = core.check_memory() / 2**20
+        poll = median_seconds(sandbox.check_memory, runs)
+        counted_mib = sandbox.check_memory() / 2**20
         interval = sandbox.config.memory_poll_s
         rows.append(
             (

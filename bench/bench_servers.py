@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "tests"))
 
-from kaggle_submission.backends.openai_backend import LocalServer, start_vllm_server  # noqa: E402
 from kaggle_submission.offline.demo import demo_problems  # noqa: E402
+from kaggle_submission.offline.servers import LocalServer, start_vllm_server  # noqa: E402
 from kaggle_submission.offline.sharded import sharded_dry_run  # noqa: E402
 from kaggle_submission.presets import Preset, get_preset  # noqa: E402
 

@@ -26,6 +26,7 @@ from .answers import AIMO1_POLICY, AnswerPolicy, Vote, extract_answer, extract_b
 from .backends.base import (
     ENGINE_FAILURES,
     Backend,
+    BackendFactory,
     Completion,
     GenerationRequest,
     SamplingParams,
@@ -33,7 +34,7 @@ from .backends.base import (
     problem_key,
 )
 from .config import EngineConfig, to_dict
-from .prompts import format_output_block, format_prompt, has_code_block, last_code_block
+from .prompts import NUMINA, PromptFormat, format_output_block, has_code_block, last_code_block
 from .sandbox import ExecResult
 from .stopping import StopView
 from .traces import (
@@ -56,6 +57,24 @@ log = logging.getLogger(__name__)
 # "oom" and "stuck" call for a rebuild; "request" and "context" cost this problem only.
 SolveFailure = Literal["request", "context", "engine_dead", "oom", "stuck"]
 REBUILD_FAILURES: frozenset[str] = ENGINE_FAILURES | {"stuck"}
+
+
+def rebuild_config(failure: SolveFailure | None, config: EngineConfig) -> EngineConfig | None:
+    """The one recovery rule (the kernel's and the sharded run's) after a failed problem: None
+    when the engine is alive (a request's failure, a prompt too long: that problem only), else
+    the config to rebuild the engine with (N halved on out-of-memory)."""
+    if failure not in REBUILD_FAILURES:
+        return None
+    if failure == "oom":
+        return dataclasses.replace(config, num_rollouts=max(1, config.num_rollouts // 2))
+    return config
+
+
+def watchdog_grace_s(config: EngineConfig, margin_s: float) -> float:
+    """How long past a problem's deadline a runner waits before calling the engine stuck, one
+    formula for the kernel's Solver and the sharded run: never before the engine's expected
+    lateness (the budget's `margin_s`) nor the config's `hang_grace_s`."""
+    return max(config.hang_grace_s, margin_s)
 
 
 @dataclass(frozen=True)
@@ -115,6 +134,7 @@ class _ProblemRun:
         config: EngineConfig,
         policy: AnswerPolicy,
         executor: concurrent.futures.Executor,
+        prompt_format: PromptFormat = NUMINA,
     ) -> None:
         self.problem = problem
         self.problem_id = problem_id
@@ -123,7 +143,7 @@ class _ProblemRun:
         self.config = config
         self.policy = policy
         self.executor = executor
-        self.prompt = format_prompt(problem, getattr(backend, "chat_template", None))
+        self.prompt = prompt_format.render(problem)  # decided before the engine was built
         self.key = problem_key(self.prompt)
         self.start = time.monotonic()
         self.rollouts = [RolloutTrace(index=i) for i in range(config.num_rollouts)]
@@ -135,8 +155,7 @@ class _ProblemRun:
         # the silence watchdog: requests in flight and when progress was last seen
         self.in_flight = 0
         self.last_progress = time.monotonic()
-        self._progress = getattr(backend, "progress", None)
-        self._progress_mark: Any = None
+        self._progress_mark: int | None = None
 
     def elapsed(self) -> float:
         return time.monotonic() - self.start
@@ -295,14 +314,13 @@ class _ProblemRun:
     def silent_for(self) -> float:
         """Seconds since the engine last made progress while requests were in flight."""
         now = time.monotonic()
-        if self._progress is not None:
-            try:
-                mark = self._progress()
-            except Exception:  # a counter must never cost an answer
-                mark = None
-            if mark != self._progress_mark:
-                self._progress_mark = mark
-                self.last_progress = now
+        try:
+            mark = self.backend.progress()  # None: no per-token signal, completions count
+        except Exception:  # a counter must never cost an answer
+            mark = None
+        if mark != self._progress_mark:
+            self._progress_mark = mark
+            self.last_progress = now
         if self.in_flight == 0:
             return 0.0
         return now - self.last_progress
@@ -339,12 +357,18 @@ async def solve_async(
     deadline: float | None = None,
     problem_id: str = "",
     executor: concurrent.futures.Executor | None = None,
+    prompt_format: PromptFormat = NUMINA,
 ) -> Solution:
-    """Solve one problem; `deadline` is a `time.monotonic()` instant. Never raises."""
+    """Solve one problem; `deadline` is a `time.monotonic()` instant. Never raises.
+
+    `prompt_format` renders the problem (`prompts.decide_prompt`, decided with the weights);
+    the backend receives the text."""
     own_executor = executor is None
     if executor is None:
         executor = concurrent.futures.ThreadPoolExecutor(config.num_rollouts + 4, "sandbox-call")
-    run = _ProblemRun(problem, problem_id, backend, sandbox, config, policy, executor)
+    run = _ProblemRun(
+        problem, problem_id, backend, sandbox, config, policy, executor, prompt_format
+    )
     started_at = time.time()
     stop_reason: StopReason = "finished"
     error: str | None = None
@@ -473,33 +497,43 @@ def fallback_solution(
 def describe_backend(backend: Backend) -> dict[str, Any]:
     """The backend's self-description for traces and summaries; never raises."""
     try:
-        return {"name": getattr(backend, "name", "?"), **backend.describe()}
+        return {"name": backend.name, **backend.describe()}
     except Exception as exc:  # a description must never cost an answer
-        return {"name": getattr(backend, "name", "?"), "describe_error": repr(exc)}
+        return {"name": backend.name, "describe_error": repr(exc)}
 
 
-BackendSource = Backend | Callable[[], Backend]
+# What a runner is given: a backend already built, a plain function that builds one, or a
+# `BackendFactory` (one with a fallback for when its backend does not start).
+BackendSource = Backend | BackendFactory | Callable[[], Backend]
+
+
+def as_factory(source: BackendSource) -> BackendFactory:
+    """`source` as a `BackendFactory` (a built backend: one that returns it)."""
+    if isinstance(source, BackendFactory):
+        return source
+    if isinstance(source, Backend):
+        backend = source
+        return BackendFactory(lambda: backend)
+    return BackendFactory(source)
 
 
 async def start_backend(source: BackendSource) -> Backend:
     """The backend, started: a model load belongs to start-up, not to the first problem.
 
-    A factory with a `fallback` attribute (preset backend "auto") gets a second chance: when
+    A `BackendFactory` with a `fallback` (preset backend "auto") gets a second chance: when
     the first backend fails to start, the fallback's backend is used instead.
     """
-    built = source if isinstance(source, Backend) else source()
-    start = getattr(built, "start", None)
-    if start is not None:
-        try:
-            await start()
-        except Exception:
-            fallback = getattr(source, "fallback", None)
-            if fallback is None:
-                raise
-            log.exception("%s did not start; using the fallback backend", built.name)
-            with contextlib.suppress(Exception):
-                await built.aclose()
-            built = fallback()
+    factory = as_factory(source)
+    built = factory.build()
+    try:
+        await built.start()
+    except Exception:
+        if factory.fallback is None:
+            raise
+        log.exception("%s did not start; using the fallback backend", built.name)
+        with contextlib.suppress(Exception):
+            await built.aclose()
+        built = factory.fallback()
     return built
 
 
@@ -556,15 +590,12 @@ class EngineLoop:
 
 
 def kill_backend(backend: Backend) -> None:
-    """Free a backend's engine from this thread even if its event loop is stuck (its optional
-    `kill`); never raises: a rebuild must go on."""
-    kill = getattr(backend, "kill", None)
-    if kill is None:
-        return
+    """Free a backend's engine from this thread even if its event loop is stuck
+    (`Backend.kill`); never raises: a rebuild must go on."""
     try:
-        kill()
+        backend.kill()
     except Exception:
-        log.exception("killing the %s backend failed", getattr(backend, "name", "?"))
+        log.exception("killing the %s backend failed", backend.name)
 
 
 def _tracking(source: BackendSource, built: list[Backend]) -> BackendSource:
@@ -573,23 +604,18 @@ def _tracking(source: BackendSource, built: list[Backend]) -> BackendSource:
     if isinstance(source, Backend):
         built.append(source)
         return source
-    factory = source
+    factory = as_factory(source)
 
-    def tracked() -> Backend:
-        backend = factory()
-        built.append(backend)
-        return backend
-
-    fallback = getattr(source, "fallback", None)
-    if fallback is not None:
-
-        def tracked_fallback() -> Backend:
-            backend = fallback()
+    def tracking(build: Callable[[], Backend]) -> Callable[[], Backend]:
+        def tracked() -> Backend:
+            backend = build()
             built.append(backend)
             return backend
 
-        tracked.fallback = tracked_fallback  # type: ignore[attr-defined]
-    return tracked
+        return tracked
+
+    fallback = None if factory.fallback is None else tracking(factory.fallback)
+    return BackendFactory(tracking(factory.build), fallback)
 
 
 class Solver:
@@ -608,8 +634,10 @@ class Solver:
         policy: AnswerPolicy = AIMO1_POLICY,
         trace_writer: TraceWriter | None = None,
         hang_grace_s: float | None = None,
+        prompt_format: PromptFormat = NUMINA,
     ) -> None:
         self.sandbox = sandbox
+        self.prompt_format = prompt_format
         self.hang_grace_s = config.hang_grace_s if hang_grace_s is None else hang_grace_s
         self.config = config
         self.policy = policy
@@ -651,6 +679,7 @@ class Solver:
                 deadline=deadline,
                 problem_id=problem_id,
                 executor=self._executor,
+                prompt_format=self.prompt_format,
             )
         )
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())

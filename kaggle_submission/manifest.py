@@ -1,8 +1,9 @@
 """The weights manifest: which model directories the kit knows, and how to find and check them.
 
 One schema for the kernel (find the weights under /kaggle/input, check them before the engine
-starts), build_kernel.py (what to attach) and training/ (publish writes entries). Standard library
-only, so the kernel can import it before anything heavy.
+starts, decide the prompt format from the entry: `find_weights`), build_kernel.py (what to
+attach) and training/ (publish writes entries). Where Kaggle mounts an entry is `kaggle_paths`'
+business. Standard library only, so the kernel can import it before anything heavy.
 
 File format (``weights_manifest.json``, schema version 1)::
 
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -40,10 +42,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .kaggle_paths import input_roots, mount_dirs
+from .prompts import PROMPT_FORMATS, PromptFormat, decide_prompt
+
+log = logging.getLogger(__name__)
+
 __all__ = [
     "DEFAULT_MANIFEST",
     "IGNORED_FILES",
-    "KAGGLE_INPUT_ROOTS",
     "SCHEMA_VERSION",
     "FileEntry",
     "KaggleRef",
@@ -54,8 +60,10 @@ __all__ = [
     "PromptSpec",
     "Quantization",
     "SourceRef",
+    "Weights",
     "entry_from_directory",
     "fill",
+    "find_weights",
     "hash_file",
     "load_manifest",
     "locate",
@@ -66,7 +74,6 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 DEFAULT_MANIFEST = Path(__file__).resolve().parent.parent / "weights_manifest.json"
-KAGGLE_INPUT_ROOTS: tuple[str, ...] = ("/kaggle/input",)
 
 # Upload metadata and local bookkeeping that sit beside the weights but are not part of them.
 IGNORED_FILES = frozenset(
@@ -81,7 +88,7 @@ IGNORED_FILES = frozenset(
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _KINDS = ("model", "dataset")
-_PROMPT_FORMATS = ("numina", "chat_template")
+_PROMPT_FORMATS = tuple(PROMPT_FORMATS)  # the names prompts.decide_prompt knows
 _QUANT_METHODS = ("gptq", "none")
 _CHUNK = 1 << 20
 
@@ -602,31 +609,15 @@ def verify_directory(
 
 
 def candidate_directories(
-    entry: ModelEntry, roots: Sequence[str | os.PathLike[str]] = KAGGLE_INPUT_ROOTS
+    entry: ModelEntry, roots: Sequence[str | os.PathLike[str]] | None = None
 ) -> list[Path]:
-    """Where Kaggle mounts the entry's model or dataset, in the order `locate` tries them.
+    """Where Kaggle mounts the entry's model or dataset (`kaggle_paths.mount_dirs`), in the
+    order `locate` tries them; `roots` defaults to `kaggle_paths.input_roots()`."""
+    return mount_dirs(entry.kaggle.kind, entry.kaggle.handle, _roots(roots))
 
-    Models: the newer ``<root>/models/<owner>/<model>/<framework>/<variation>/<version>`` and
-    the classic ``<root>/<model>/<framework>/<variation>/<version>``. Datasets: the newer
-    ``<root>/datasets/<owner>/<slug>`` and the classic ``<root>/<slug>``.
-    """
-    parts = entry.kaggle.parts
-    out = []
-    for root in roots:
-        r = Path(root)
-        if entry.kaggle.kind == "model":
-            owner, model, framework, variation, version = parts
-            out.append(r / "models" / owner / model / framework / variation / version)
-            out.append(r / model / framework / variation / version)
-            # Some mounts lower-case the framework ("PyTorch" -> "pytorch").
-            if framework != framework.lower():
-                out.append(r / "models" / owner / model / framework.lower() / variation / version)
-                out.append(r / model / framework.lower() / variation / version)
-        else:
-            owner, slug = parts
-            out.append(r / "datasets" / owner / slug)
-            out.append(r / slug)
-    return out
+
+def _roots(roots: Sequence[str | os.PathLike[str]] | None) -> Sequence[str | os.PathLike[str]]:
+    return input_roots() if roots is None else roots
 
 
 def _holds(entry: ModelEntry, directory: Path) -> bool:
@@ -635,7 +626,7 @@ def _holds(entry: ModelEntry, directory: Path) -> bool:
 
 def locate(
     entry: ModelEntry,
-    roots: Sequence[str | os.PathLike[str]] = KAGGLE_INPUT_ROOTS,
+    roots: Sequence[str | os.PathLike[str]] | None = None,
     override: str | os.PathLike[str] | None = None,
 ) -> Path:
     """The directory holding the entry's files under the Kaggle input mounts.
@@ -663,6 +654,62 @@ def locate(
         f"model '{entry.name}' ({entry.kaggle.kind} {entry.kaggle.handle}) not found; "
         f"attach it to the notebook or pass its directory. Looked in:\n  {where}"
     )
+
+
+@dataclass(frozen=True)
+class Weights:
+    """A weights directory found and checked, with the prompt format decided for it."""
+
+    path: Path
+    prompt: PromptFormat
+    entry: ModelEntry | None = None  # None: a directory given outside the manifest
+
+
+def find_weights(
+    entry_or_name: ModelEntry | str | None,
+    manifest_path: str | os.PathLike[str] | None = None,
+    roots: Sequence[str | os.PathLike[str]] | None = None,
+    explicit_dir: str | os.PathLike[str] | None = None,
+    check_hashes: bool = False,
+) -> Weights:
+    """The one way to find weights: locate, check, and decide the prompt format.
+
+    `entry_or_name`: a manifest entry, or its name in `manifest_path` (default: the kit's
+    manifest), located under `roots` (default: `kaggle_paths.input_roots()`, both layouts) or
+    in `explicit_dir`, then checked file by file (sizes; sha256 with `check_hashes`). None: a
+    model outside the manifest in `explicit_dir`, which is only checked to exist. The prompt
+    format comes from the entry's `prompt.format` and the directory (`prompts.decide_prompt`).
+    Raises FileNotFoundError (ModelNotFoundError when nothing was found), ManifestError.
+    """
+    if entry_or_name is None:
+        if explicit_dir is None:
+            raise ValueError("find_weights needs a manifest entry or an explicit directory")
+        path = Path(explicit_dir)
+        if not path.is_dir():
+            raise FileNotFoundError(f"model directory {path} does not exist")
+        return Weights(path, decide_prompt(None, path))
+    if isinstance(entry_or_name, ModelEntry):
+        entry, source = entry_or_name, "its manifest entry"
+    else:
+        path = Path(manifest_path) if manifest_path else DEFAULT_MANIFEST
+        entry, source = load_manifest(path).get(entry_or_name), str(path)
+    found = locate(entry, roots, override=explicit_dir)
+    problems = verify_directory(entry, found, check_hashes=check_hashes)
+    if problems:
+        raise FileNotFoundError(
+            f"weights for {entry.name} ({entry.kaggle.handle}) in {found} do not match "
+            f"{source}: " + "; ".join(problems)
+        )
+    log.info(
+        "weights: %s (%s %s) at %s: %d files match the manifest (%s)",
+        entry.name,
+        entry.kaggle.kind,
+        entry.kaggle.handle,
+        found,
+        len(entry.files),
+        "sizes and sha256" if check_hashes else "sizes",
+    )
+    return Weights(found, decide_prompt(entry.prompt.format, found), entry)
 
 
 # ------------------------------------------------------------------------------ CLI

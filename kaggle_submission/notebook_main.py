@@ -33,25 +33,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Where Kaggle mounts things is kaggle_paths' knowledge; these names are used below.
+from .kaggle_paths import (
+    INPUT_ROOT_ENV,
+    competition_dirs,
+    dataset_dirs,
+    input_roots,
+    on_kaggle,
+)
+
 if TYPE_CHECKING:
-    from .backends.base import Backend
     from .kernel import Kernel
+    from .manifest import Weights
     from .presets import Preset
 
 log = logging.getLogger(__name__)
 
-KAGGLE_INPUT = Path("/kaggle/input")
-"""Its presence is what "on Kaggle" means (the input mount exists in every Kaggle session)."""
-
-COMPETITION_SLUGS: dict[str, str] = {
-    "aimo1": "ai-mathematical-olympiad-prize",
-    "aimo2": "ai-mathematical-olympiad-progress-prize-2",
-    "aimo3": "ai-mathematical-olympiad-progress-prize-3",
-}
-"""Kaggle competition slugs: kernel-metadata.json's competition_sources and the data mount."""
-
 ENV: dict[str, str] = {
-    "KAGGLE_INPUT_ROOT": "input root(s) to search instead of /kaggle/input (os.pathsep-separated)",
+    INPUT_ROOT_ENV: "input root(s) to search instead of /kaggle/input (os.pathsep-separated)",
     "AIMO_MODE": "kaggle | local | auto (default: kaggle when /kaggle/input exists)",
     "AIMO_MANIFEST": "weights manifest to use instead of the kit's weights_manifest.json",
     "AIMO_MODEL_DIR": "weights directory to use instead of searching the input roots",
@@ -67,11 +66,6 @@ MODES = ("auto", "kaggle", "local")
 # ------------------------------------------------------------------------------ where things are
 
 
-def on_kaggle() -> bool:
-    """True inside a Kaggle session (interactive, batch or the hidden competition rerun)."""
-    return KAGGLE_INPUT.is_dir()
-
-
 def run_mode(mode: str | None = None) -> str:
     """ "kaggle" or "local": the argument, else $AIMO_MODE, else decided by `on_kaggle`."""
     chosen = (mode or os.environ.get("AIMO_MODE") or "auto").strip().lower()
@@ -80,39 +74,6 @@ def run_mode(mode: str | None = None) -> str:
     if chosen == "auto":
         return "kaggle" if on_kaggle() else "local"
     return chosen
-
-
-def input_roots(explicit: str | os.PathLike[str] | Sequence[Any] | None = None) -> tuple[Path, ...]:
-    """Where attached models and datasets are mounted: the argument, $KAGGLE_INPUT_ROOT, or
-    /kaggle/input. A string may hold several roots separated by os.pathsep."""
-    value: Any = explicit if explicit is not None else os.environ.get("KAGGLE_INPUT_ROOT")
-    if value is None or value == "":
-        return (KAGGLE_INPUT,)
-    if isinstance(value, (str, os.PathLike)):
-        value = [p for p in os.fspath(value).split(os.pathsep) if p]
-    return tuple(Path(p) for p in value)
-
-
-def dataset_dirs(handle: str, roots: Sequence[Path]) -> list[Path]:
-    """Where Kaggle mounts dataset `owner/slug`: the newer ``<root>/datasets/<owner>/<slug>``
-    and the classic ``<root>/<slug>``, per root, in that order."""
-    parts = handle.strip("/").split("/")
-    if len(parts) != 2 or not all(parts):
-        raise ValueError(f"a dataset is named owner/slug, got {handle!r}")
-    owner, slug = parts
-    out: list[Path] = []
-    for root in roots:
-        out += [root / "datasets" / owner / slug, root / slug]
-    return out
-
-
-def competition_dirs(competition: str, roots: Sequence[Path]) -> list[Path]:
-    """Where the competition's data (test.csv, `aimo` or `kaggle_evaluation`) is mounted."""
-    slug = COMPETITION_SLUGS[competition]
-    out: list[Path] = []
-    for root in roots:
-        out += [root / "competitions" / slug, root / slug]
-    return out
 
 
 def _has_wheels(directory: Path) -> bool:
@@ -266,64 +227,26 @@ def competition_test_csv(competition: str, roots: Sequence[Path]) -> Path | None
 # ------------------------------------------------------------------------------ weights
 
 
-def find_weights(
-    preset: Preset,
-    manifest_path: str | os.PathLike[str] | None = None,
-    roots: Sequence[Path] | None = None,
-    model_dir: str | os.PathLike[str] | None = None,
-    check_hashes: bool = False,
-) -> Path:
-    """The preset's weights: its manifest entry located under the input roots (both Kaggle
-    layouts, or `model_dir`) and checked file by file (sizes; hashes on request)."""
-    from .manifest import DEFAULT_MANIFEST, load_manifest, locate, verify_directory
-
-    path = Path(manifest_path) if manifest_path else DEFAULT_MANIFEST
-    entry = load_manifest(path).get(preset.model)
-    where = roots if roots is not None else input_roots()
-    found = locate(entry, where, override=model_dir)
-    problems = verify_directory(entry, found, check_hashes=check_hashes)
-    if problems:
-        raise FileNotFoundError(
-            f"weights for {entry.name} ({entry.kaggle.handle}) in {found} do not match {path}: "
-            + "; ".join(problems)
-        )
-    log.info(
-        "weights: %s (%s %s) at %s: %d files match the manifest (%s)",
-        entry.name,
-        entry.kaggle.kind,
-        entry.kaggle.handle,
-        found,
-        len(entry.files),
-        "sizes and sha256" if check_hashes else "sizes",
-    )
-    return found
-
-
 def make_kernel(
     preset: Preset,
-    weights: Callable[[], Path] | None,
+    weights: Callable[[], Weights] | None,
     trace_path: Path | None,
     run_started: float | None,
     model_dir: str | os.PathLike[str] | None = None,
 ) -> Kernel:
-    """A Kernel whose engine factory finds the weights when the kernel asks for it, that is after
-    the sandbox template started: the order the kernel guarantees for its own resolution. With
-    `weights` None the kernel resolves the model itself (`model_dir`, or the demo model)."""
+    """A Kernel that finds the weights (`weights`: `manifest.find_weights` with this run's
+    manifest, roots and checks) when it asks for them, that is after the sandbox template
+    started, and decides the prompt with them before the engine is built. With `weights` None
+    the kernel resolves the model itself (`model_dir`)."""
     from .kernel import Kernel
 
-    if weights is None:
-        return Kernel(preset, model_dir=model_dir, trace_path=trace_path, run_started=run_started)
-    found: dict[str, Path] = {}
-
-    def engine() -> Backend:
-        if "path" not in found:  # once: an engine rebuilt after a failure reuses it
-            found["path"] = weights()
-        kernel.model_path = found["path"]
-        # the kernel's own backend choice ("auto": vLLM where installed, else transformers)
-        return kernel.backend_factory(preset.backend, found["path"])()
-
-    kernel = Kernel(preset, backend=engine, trace_path=trace_path, run_started=run_started)
-    return kernel
+    return Kernel(
+        preset,
+        model_dir=model_dir,
+        trace_path=trace_path,
+        run_started=run_started,
+        weights=weights,
+    )
 
 
 # ------------------------------------------------------------------------------ the run
@@ -426,13 +349,15 @@ def main(
     )
 
     explicit_dir = model_dir or os.environ.get("AIMO_MODEL_DIR") or None
-    weights: Callable[[], Path] | None = None
-    if spec.model != "demo":  # the demo model is built or cached by the kernel itself
+    weights: Callable[[], Weights] | None = None
+    if spec.model != "demo":  # the demo model comes as a directory (model_dir, AIMO_MODEL_DIR)
         hashes = _env_flag("AIMO_CHECK_HASHES") if check_hashes is None else check_hashes
         manifest_path = manifest or os.environ.get("AIMO_MANIFEST") or None
 
-        def weights() -> Path:
-            return find_weights(spec, manifest_path, roots, explicit_dir, hashes)
+        def weights() -> Weights:
+            from .manifest import find_weights
+
+            return find_weights(spec.model, manifest_path, roots, explicit_dir, hashes)
 
     from .competition import get_adapter
     from .kernel import BackgroundStart

@@ -31,7 +31,7 @@ class Preset:
     model: the weights_manifest.json entry the kernel loads ("demo" builds the demo model).
     backend: "vllm" | "transformers" | "replay" | "scripted", or "auto": vLLM where installed,
         else transformers.
-    hardware: the machine it is sized for, "<gpu>x<count>" ("t4x2") or "cpu" (capacity.py).
+    hardware: the machine it is sized for, "<gpu>x<count>" ("t4x2") or "cpu" (hardware.py).
     backend_options: keyword options of that backend (tensor parallel size, dtype, ...).
     engine, sandbox, budget: the engine, code execution and time settings.
     recovery: rebuilding a dead engine within the budget (kernel.py).
@@ -83,19 +83,45 @@ class Preset:
         return dataclasses.asdict(self)
 
 
-def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
-    """`["engine.num_rollouts=16", "backend.dtype=float16"]` as dotted overrides (JSON values,
-    else strings), for every command line that takes `--set KEY=VALUE`."""
-    changes: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, text = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+def parse_set_value(text: str) -> Any:
+    """A `--set` value, one rule for every command line (the kit's, build_kernel.py's, training's).
+
+    JSON first (`16`, `2e-5`, `true`, `null`, `"quoted"`, `[1, 2]`, `{"a": 1}`). A text that is
+    not JSON and opens with `[` or `{` is a YAML flow collection (training's `[wandb]`,
+    `[{path: x.jsonl}]`; PyYAML, imported only then). Anything else is the bare string,
+    verbatim (`float16`, `runs/x`, `yes`): a typed reader (training's configs) may then read
+    `yes`/`off` as booleans and `.5` as a number.
+    """
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        pass
+    if text.lstrip()[:1] in ("[", "{"):
         try:
-            changes[key.strip()] = json.loads(text)
-        except json.JSONDecodeError:
-            changes[key.strip()] = text
-    return changes
+            import yaml  # PyYAML: only for YAML flow collections, never on the Kaggle path
+        except ImportError as exc:
+            raise ValueError(f"{text!r} is not JSON and PyYAML is not installed") from exc
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(
+                f"{text!r} is neither JSON nor a YAML flow collection: {exc}"
+            ) from None
+    return text
+
+
+def parse_set(pair: str) -> tuple[str, Any]:
+    """`"engine.num_rollouts=16"` -> ("engine.num_rollouts", 16); values by `parse_set_value`."""
+    key, sep, text = pair.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"--set {pair!r}: expected key=value")
+    return key.strip(), parse_set_value(text)
+
+
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """`["engine.num_rollouts=16", "backend.dtype=float16"]` as dotted overrides (`parse_set`),
+    for every command line that takes `--set KEY=VALUE`."""
+    return dict(parse_set(pair) for pair in pairs)
 
 
 def _early_stop(value: Any) -> ConsensusStop | None:
@@ -204,8 +230,34 @@ PRESETS: dict[str, Preset] = {
 }
 
 
+@dataclass(frozen=True)
+class PresetFile:
+    """A preset file, `{"base": name, "overrides": {dotted: value}, "name", "description"}`, as
+    `tune` writes it. `name` defaults to the file's stem; `description` is None when absent."""
+
+    base: str
+    overrides: Mapping[str, Any]
+    name: str
+    description: str | None = None
+
+
+def read_preset_file(path: str | Path) -> PresetFile:
+    """The one reader of the preset file format (get_preset, tune, build_kernel); ValueError
+    naming the file when it cannot be read or is not a preset file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        base = data["base"]
+        overrides = dict(data.get("overrides", {}))
+        name = data.get("name", path.stem)
+        description = data.get("description")
+    except (OSError, KeyError, json.JSONDecodeError, ValueError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path}: not a valid preset file ({exc})") from exc
+    return PresetFile(base, overrides, name, description)
+
+
 def get_preset(name_or_path: str) -> Preset:
-    """A preset by name, or from a JSON file `{"base": name, "overrides": {dotted: value}}`."""
+    """A preset by name, or from a preset file (`read_preset_file`)."""
     if name_or_path in PRESETS:
         return PRESETS[name_or_path]
     path = Path(name_or_path)
@@ -213,11 +265,10 @@ def get_preset(name_or_path: str) -> Preset:
         raise ValueError(
             f"unknown preset {name_or_path!r}: choose one of {sorted(PRESETS)} or a file"
         )
+    spec = read_preset_file(path)
     try:
-        data = json.loads(path.read_text())
-        base = PRESETS[data["base"]]
-        preset = base.with_overrides(data.get("overrides", {}))
-    except (KeyError, json.JSONDecodeError, ValueError, TypeError) as exc:
+        preset = PRESETS[spec.base].with_overrides(spec.overrides)
+    except (KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"{path}: not a valid preset file ({exc})") from exc
-    name = data.get("name", path.stem)
-    return override(preset, name=name, description=data.get("description", preset.description))
+    description = spec.description if spec.description is not None else preset.description
+    return override(preset, name=spec.name, description=description)

@@ -6,7 +6,6 @@ only the finished answers and how many rollouts are still running, so they are p
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -26,9 +25,6 @@ class StopView:
         for answer, weight in zip(self.answers, self.weights, strict=True):
             totals[answer] = totals.get(answer, 0.0) + weight
         return sorted(totals.items(), key=lambda item: -item[1])
-
-
-EarlyStop = Callable[[StopView], bool]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,9 @@ nbformat = pytest.importorskip(
 import build_kernel as bk  # noqa: E402
 from kaggle_submission import manifest as mf  # noqa: E402
 from kaggle_submission import notebook_main as nm  # noqa: E402
+from kaggle_submission.backends import BACKENDS, KAGGLE_BACKENDS  # noqa: E402
 from kaggle_submission.presets import PRESETS  # noqa: E402
+from kaggle_submission.prompts import NUMINA as NUMINA_PROMPT  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SLUGS = {  # independent of the code under test: the competitions' pages on Kaggle
@@ -44,6 +46,41 @@ def package_modules() -> dict[str, str]:
                 path = Path(root) / name
                 out[path.relative_to(REPO).as_posix()] = path.read_text(encoding="utf-8")
     return out
+
+
+KAGGLE_PATH = {  # what the notebook runs, named here independently of the import walker
+    f"kaggle_submission/{name}.py"
+    for name in (
+        "__init__",
+        "notebook_main",
+        "kernel",
+        "engine",
+        "answers",
+        "budget",
+        "config",
+        "presets",
+        "prompts",
+        "stopping",
+        "traces",
+        "manifest",
+        "problems",
+        "wheelset",
+        "competition/__init__",
+        "competition/aimo1",
+        "competition/aimo2",
+        "competition/aimo3",
+        "competition/gateway",
+        "backends/__init__",
+        "backends/base",
+        "backends/vllm_backend",
+        "backends/transformers_backend",
+    )
+}
+NOT_EMBEDDED = (  # offline tools and test doubles: never run on Kaggle
+    "kaggle_submission/offline/",
+    "kaggle_submission/backends/replay.py",
+    "kaggle_submission/backends/scripted.py",
+)
 
 
 def embedded_files(nb) -> dict[str, str]:
@@ -102,11 +139,18 @@ def test_build_each_preset(tmp_path, manifest_path, preset):
     assert all(c.get("outputs", []) == [] for c in nb.cells)
     assert len({c.id for c in nb.cells}) == len(nb.cells)
 
-    # Every module of the package, byte for byte, and nothing else but the two runtime files.
+    # The Kaggle path's modules, byte for byte, and nothing else but the two runtime files.
     files = embedded_files(nb)
     modules = package_modules()
-    assert {k: v for k, v in files.items() if k.startswith("kaggle_submission/")} == modules
-    assert set(files) - set(modules) == {"weights_manifest.json", "requirements.txt"}
+    kit = {k: v for k, v in files.items() if k.startswith("kaggle_submission/")}
+    assert kit == {k: modules[k] for k in kit}
+    assert kit == bk.package_files()
+    assert set(files) - set(kit) == {"weights_manifest.json", "requirements.txt"}
+    assert set(kit) >= KAGGLE_PATH
+    assert not [k for k in kit if k.startswith(NOT_EMBEDDED)]
+    for name, (module, _) in BACKENDS.items():  # the registry's Kaggle backends only
+        assert (f"kaggle_submission/backends/{module}.py" in kit) is (name in KAGGLE_BACKENDS)
+    assert "kaggle_submission/__main__.py" not in kit
     assert files["requirements.txt"] == (REPO / "requirements.txt").read_text()
     embedded_manifest = mf.parse_manifest(json.loads(files["weights_manifest.json"]))
     if spec.model == "demo":
@@ -162,6 +206,35 @@ def test_build_each_preset(tmp_path, manifest_path, preset):
     bk.build(options(preset, manifest_path), again)
     for name in (nb_path.name, "kernel-metadata.json"):
         assert (again / name).read_bytes() == (out / name).read_bytes()
+
+
+def test_embedded_kit_imports_on_its_own(tmp_path):
+    """The embedded modules are closed under import: each one imports in a fresh interpreter
+    from the written copy alone (this checkout off the path), and nothing of the kit comes from
+    elsewhere. The worker is launched with -m, so importing it must have no side effects either."""
+    kit = tmp_path / "kit"
+    for rel, text in bk.package_files().items():
+        (kit / rel).parent.mkdir(parents=True, exist_ok=True)
+        (kit / rel).write_text(text, encoding="utf-8")
+    names = sorted(
+        rel.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+        for rel in bk.package_files()
+    )
+    script = (
+        "import importlib, json, sys\n"
+        f"for name in {names!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(json.dumps({n: m.__file__ for n, m in sys.modules.items()\n"
+        "                  if n.split('.')[0] == 'kaggle_submission'}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(kit)}
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=kit, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.splitlines()[-1])
+    assert set(names) <= set(loaded)
+    assert all(Path(f).is_relative_to(kit) for f in loaded.values()), loaded
 
 
 def test_rebuild_in_fresh_processes_is_byte_identical(tmp_path, manifest_path):
@@ -401,12 +474,11 @@ def test_weights_located_through_the_manifest_and_size_checked(tmp_path, layout)
     entry = mf.entry_from_directory(weights, "tiny", kaggle={"kind": "model", "handle": TINY})
     manifest = tmp_path / "m.json"
     mf.Manifest(models={"tiny": entry}).save(manifest)
-    preset = PRESETS["demo-cpu"].with_overrides({"model": "tiny"})
-    assert nm.find_weights(preset, manifest, [root]) == weights
-    assert nm.find_weights(preset, manifest, [root], check_hashes=True) == weights
+    assert mf.find_weights("tiny", manifest, [root]).path == weights
+    assert mf.find_weights("tiny", manifest, [root], check_hashes=True).path == weights
     (weights / "model.safetensors").write_bytes(b"1234")
     with pytest.raises(FileNotFoundError, match="wrong size"):
-        nm.find_weights(preset, manifest, [root])
+        mf.find_weights("tiny", manifest, [root])
 
 
 def test_weights_are_found_after_the_sandbox_starts(tmp_path, monkeypatch):
@@ -421,9 +493,9 @@ def test_weights_are_found_after_the_sandbox_starts(tmp_path, monkeypatch):
         lambda name, **kw: order.append("engine") or ScriptedBackend(),
     )
 
-    def weights() -> Path:
+    def weights() -> mf.Weights:
         order.append("weights")
-        return tmp_path
+        return mf.Weights(tmp_path, NUMINA_PROMPT)
 
     preset = PRESETS["demo-cpu"].with_overrides({"model": "tiny", "backend": "scripted"})
     kernel = nm.make_kernel(preset, weights, None, None)
@@ -471,6 +543,7 @@ def _outputs(nb) -> str:
     return "\n".join(text)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("competition", "layout"), [("aimo1", "models"), ("aimo3", "classic")], ids=["aimo1", "aimo3"]
 )
@@ -566,6 +639,7 @@ def test_built_notebook_runs_end_to_end_on_cpu(tmp_path, tiny_model_dir, competi
     assert tokens > 0
 
 
+@pytest.mark.slow
 def test_dry_run_notebook(tmp_path, tiny_model_dir):
     """notebooks/dry_run.ipynb runs the dry run (tiny model, two problems)."""
     pytest.importorskip("nbclient", reason="add nbclient and ipykernel to requirements-dev.txt")

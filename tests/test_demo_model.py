@@ -48,6 +48,7 @@ def test_synthetic_outputs_come_from_running_the_code() -> None:
             assert extract_answer(row["solution"]) == task.answer
 
 
+@pytest.mark.slow
 def test_demo_model_is_built_and_published(demo_dir: Path) -> None:
     record = json.loads((demo_dir / demo.READY_FILE).read_text())
     assert record["version"] == demo.DEMO_VERSION and "DEMO" in record["what"]
@@ -62,6 +63,7 @@ def test_demo_model_is_built_and_published(demo_dir: Path) -> None:
     assert demo.ensure_demo_model(demo_dir.parent) == demo_dir
 
 
+@pytest.mark.slow
 def test_code_execution_is_what_makes_it_accurate(demo_dir: Path) -> None:
     from training.demo import evaluate, format_results
 
@@ -77,6 +79,7 @@ def test_code_execution_is_what_makes_it_accurate(demo_dir: Path) -> None:
         assert ablation["single_sample_accuracy"] <= 0.3
 
 
+@pytest.mark.slow
 def test_readme_main_command_reports_code_against_no_code(
     demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -103,6 +106,7 @@ def test_readme_main_command_reports_code_against_no_code(
     assert "## Code execution" in report and "| without |" in report
 
 
+@pytest.mark.slow
 def test_sharded_dry_run_on_the_demo_preset(
     demo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:

@@ -72,3 +72,105 @@ def test_cli_reports_bad_input_clearly(tmp_path, capsys):
     bad.write_text("id,question\n1,x\n")
     assert main(["dry-run", "--data", str(bad), "--out", str(tmp_path / "o")]) == 2
     assert "no 'problem' column" in capsys.readouterr().err
+
+
+# ----------------------------- one writer, progress line and recovery rule for every run
+
+
+def test_one_submission_writer_for_both_runs(tmp_path):
+    from kaggle_submission.competition import gateway
+    from kaggle_submission.offline import sharded
+
+    assert sharded.write_submission is gateway.write_submission
+    path = tmp_path / "submission.csv"
+    gateway.write_submission(path, [("a", 7), ("b", 0)])
+    assert list(csv.reader(path.open())) == [["id", "answer"], ["a", "7"], ["b", "0"]]
+
+
+def test_one_progress_line():
+    from kaggle_submission.offline.report import ProgressLine
+
+    stream = io.StringIO()
+    line = ProgressLine(3, stream, done=1)
+    line("p1", 5, 5, 1.25, lambda _, __: "budget left 9 s")
+    line("p2", 4, None, 2.0, lambda ln, _: f"{ln.new} new", "finished")
+    first, second = stream.getvalue().splitlines()
+    assert first.startswith("[2/3] p1: answer 5 ok (1.2 s) | elapsed ")
+    assert first.endswith(", budget left 9 s, accuracy 1/1")
+    assert second.startswith("[3/3] p2: answer 4  (2.0 s, finished) | elapsed ")
+    assert second.endswith(", 2 new, accuracy 1/1")
+
+
+def test_one_recovery_rule_and_watchdog_formula():
+    from kaggle_submission.config import EngineConfig
+    from kaggle_submission.engine import rebuild_config, watchdog_grace_s
+
+    config = EngineConfig(num_rollouts=5, hang_grace_s=10.0)
+    for alive in (None, "request", "context"):
+        assert rebuild_config(alive, config) is None
+    assert rebuild_config("engine_dead", config) == config
+    assert rebuild_config("stuck", config) == config
+    assert rebuild_config("oom", config).num_rollouts == 2
+    assert rebuild_config("oom", EngineConfig(num_rollouts=1)).num_rollouts == 1
+    assert watchdog_grace_s(config, 2.0) == 10.0
+    assert watchdog_grace_s(config, 30.0) == 30.0
+
+
+def test_sharded_run_rebuilds_by_the_kernel_rule():
+    """An in-process engine is rebuilt on an engine failure (N halved on out-of-memory), never
+    on a request's failure; servers are never rebuilt from the run."""
+    import asyncio
+    import threading
+    from dataclasses import replace as dc_replace
+
+    from kaggle_submission.engine import fallback_solution
+    from kaggle_submission.offline.sharded import _Run
+    from kaggle_submission.presets import get_preset
+
+    preset = get_preset("demo-cpu")
+    preset = dc_replace(preset, engine=dc_replace(preset.engine, num_rollouts=8))
+    built: list[object] = []
+
+    class Fake:
+        name = "fake"
+        dead = False
+
+        async def aclose(self) -> None:
+            return None
+
+        async def start(self) -> None:
+            return None
+
+    def factory() -> Fake:
+        built.append(Fake())
+        return built[-1]  # type: ignore[return-value]
+
+    def failed(kind):
+        return fallback_solution("p", "p", preset.engine, preset.policy, "boom", kind)
+
+    async def scenario(heals_itself: bool) -> _Run:
+        run = _Run(
+            preset,
+            [],
+            factory,
+            None,
+            None,
+            1,
+            1.0,
+            threading.Event(),
+            None,  # type: ignore[arg-type]
+            lambda *_: None,
+            heals_itself=heals_itself,
+        )
+        run._rebuild_lock = asyncio.Lock()
+        run.backend = first = Fake()
+        await run._maybe_rebuild(first, failed("request"))  # type: ignore[arg-type]
+        assert run.backend is first
+        await run._maybe_rebuild(first, failed("oom"))  # type: ignore[arg-type]
+        return run
+
+    run = asyncio.run(scenario(heals_itself=False))
+    assert len(built) == 1 and run.backend is built[0] and run.config.num_rollouts == 4
+    built.clear()
+    run = asyncio.run(scenario(heals_itself=True))
+    assert not built and run.config.num_rollouts == 8

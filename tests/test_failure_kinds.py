@@ -41,6 +41,7 @@ def _wrapped(outer: BaseException, cause: BaseException) -> BaseException:
         return exc
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("make", "kind"),
     [

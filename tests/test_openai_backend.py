@@ -27,18 +27,15 @@ import pytest
 
 from kaggle_submission.backends.base import Completion, GenerationRequest, SamplingParams
 from kaggle_submission.backends.openai_backend import (
-    LocalServer,
     OpenAIBackend,
     ServerConfigError,
     ServerState,
-    free_port,
-    load_chat_template,
     map_finish,
     normalize_url,
     parse_servers,
     pick_server,
-    start_vllm_server,
 )
+from kaggle_submission.offline.servers import LocalServer, free_port, start_vllm_server
 
 HAVE_HTTPX = importlib.util.find_spec("httpx") is not None
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
@@ -115,29 +112,6 @@ def test_map_finish() -> None:
     assert map_finish("weird", None, "", stops)[1] == "error"
     # A server that ran past a stop string is cut after its first occurrence.
     assert map_finish("length", None, f"a{OUTPUT}b", stops) == (f"a{OUTPUT}", "stop", OUTPUT)
-
-
-def test_load_chat_template(tmp_path: Path) -> None:
-    assert load_chat_template(tmp_path) is None
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "T1"}))
-    assert load_chat_template(tmp_path) == "T1"
-    (tmp_path / "tokenizer_config.json").write_text(
-        json.dumps(
-            {
-                "chat_template": [
-                    {"name": "tool", "template": "X"},
-                    {"name": "default", "template": "T2"},
-                ]
-            }
-        )
-    )
-    assert load_chat_template(tmp_path) == "T2"
-    (tmp_path / "chat_template.jinja").write_text("T3")
-    assert load_chat_template(tmp_path) == "T3"
-    assert OpenAIBackend("h:1", tokenizer_dir=tmp_path).chat_template == "T3"
-    assert OpenAIBackend("h:1").chat_template is None  # the kit's default prompt format
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_chat_template(tmp_path / "missing")
 
 
 def test_bad_settings_raise() -> None:
@@ -702,6 +676,7 @@ def generate_all(
     return run(go(), timeout)
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_server_same_seed_same_text(vllm_server: Any, tiny_model_dir: Path) -> None:
     backend = OpenAIBackend(vllm_server.url, tokenizer_dir=tiny_model_dir)
@@ -714,11 +689,11 @@ def test_vllm_server_same_seed_same_text(vllm_server: Any, tiny_model_dir: Path)
     assert first.text and first.finish_reason in ("length", "eos")
     assert first.text == again.text  # same seed, same prompt, one server: same text
     assert first.text != other.text
-    assert backend.chat_template and "### Problem: " in backend.chat_template
     assert first.completion_tokens == 24 or first.finish_reason == "eos"
     assert first.prompt_tokens > 5
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_server_matches_the_in_process_engine(vllm_server: Any, tiny_model_dir: Path) -> None:
     """Same model, seed and prompt through the server and through the kit's in-process vLLM.
@@ -730,7 +705,7 @@ def test_vllm_server_matches_the_in_process_engine(vllm_server: Any, tiny_model_
     (batch-dependent numerics), which is why the dry-run comparison is on answers, not text.
     """
     pytest.importorskip("kaggle_submission.backends.vllm_backend")
-    from kaggle_submission.backends.base import create_backend
+    from kaggle_submission.backends import create_backend
 
     reqs = [request(rid=f"s{s}", temperature=0.8, max_tokens=24, stop=(), seed=s) for s in (3, 11)]
     served = [generate_all(OpenAIBackend(vllm_server.url), [r])[0] for r in reqs]
@@ -754,6 +729,7 @@ def test_vllm_server_matches_the_in_process_engine(vllm_server: Any, tiny_model_
     assert [c.completion_tokens for c in served] == [c.completion_tokens for c in in_process]
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_server_stop_string_is_kept(vllm_server: Any) -> None:
     greedy = generate_all(
@@ -768,6 +744,7 @@ def test_vllm_server_stop_string_is_kept(vllm_server: Any) -> None:
     assert completion.text == greedy[: greedy.index(stop) + len(stop)]
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_server_errors_are_clear(vllm_server: Any) -> None:
     too_long = generate_all(OpenAIBackend(vllm_server.url), [request(PROMPT * 200, max_tokens=4)])[
@@ -792,6 +769,7 @@ def test_vllm_server_errors_are_clear(vllm_server: Any) -> None:
     assert ok.finish_reason in ("length", "eos", "stop")  # the server lives on
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_server_aborts_requests_whose_caller_was_cancelled(vllm_server: Any) -> None:
     """Cancelling closes the stream and vLLM aborts the request: the server logs the abort

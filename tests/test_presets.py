@@ -13,7 +13,7 @@ from kaggle_submission.offline.capacity import (
     parse_hardware,
     report,
 )
-from kaggle_submission.presets import PRESETS, get_preset
+from kaggle_submission.presets import PRESETS, get_preset, parse_overrides
 from kaggle_submission.stopping import ConsensusStop
 
 
@@ -102,3 +102,92 @@ def test_capacity_reads_a_model_dir(tiny_model_dir):
     assert shape.head_dim == 64
     with pytest.raises(ValueError, match="expected <gpu>x<count>"):
         parse_hardware("tpu")
+
+
+# ---------------------------------------------------------------- one reader, one parser, one table
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [
+        ("16", 16),
+        ("2e-5", 2e-5),
+        ("true", True),
+        ("null", None),
+        ('"quoted"', "quoted"),
+        ('{"agree": 4}', {"agree": 4}),
+        ("[wandb]", ["wandb"]),  # a YAML flow collection (training's configs)
+        ("[{path: x.jsonl}]", [{"path": "x.jsonl"}]),
+        ("float16", "float16"),  # anything else: the bare string, verbatim
+        ("yes", "yes"),
+        ("runs/x", "runs/x"),
+        ("", ""),
+    ],
+)
+def test_set_values_follow_one_rule_everywhere(text, value):
+    from kaggle_submission.presets import parse_set_value
+    from training import config as training_config
+
+    assert parse_set_value(text) == value
+    assert parse_overrides([f"a.b={text}"]) == {"a.b": value}
+    assert training_config.parse_override(f"a.b={text}") == (["a", "b"], value)
+
+
+@pytest.mark.parametrize("pair", ["oops", "=5"])
+def test_set_needs_a_key(pair):
+    from training import config as training_config
+
+    with pytest.raises(ValueError, match="expected key=value"):
+        parse_overrides([pair])
+    with pytest.raises(training_config.ConfigError, match="expected key=value"):
+        training_config.parse_override(pair)
+
+
+def test_one_preset_file_reader(tmp_path):
+    import build_kernel as bk
+    from kaggle_submission.offline import tune
+    from kaggle_submission.presets import read_preset_file
+
+    path = tmp_path / "tuned.json"
+    path.write_text(
+        json.dumps(
+            {
+                "base": "aimo1-t4x2",
+                "overrides": {"engine.num_rollouts": 24},
+                "description": "tuned",
+            }
+        )
+    )
+    spec = read_preset_file(path)
+    assert (spec.base, dict(spec.overrides), spec.name, spec.description) == (
+        "aimo1-t4x2",
+        {"engine.num_rollouts": 24},
+        "tuned",
+        "tuned",
+    )
+    assert tune._base(str(path)) == ("aimo1-t4x2", {"engine.num_rollouts": 24})
+    base, overrides, built = bk.resolve_preset_input(str(path), {})
+    assert (base, overrides["name"], overrides["description"]) == ("aimo1-t4x2", "tuned", "tuned")
+    assert built == get_preset(str(path))
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"overrides": {}}')
+    with pytest.raises(ValueError, match=r"bad\.json: not a valid preset file"):
+        read_preset_file(bad)
+    with pytest.raises(bk.BuildError, match="not a valid preset file"):
+        bk.resolve_preset_input(str(bad), {})
+
+
+def test_one_hardware_table():
+    import build_kernel as bk
+    from kaggle_submission import hardware
+    from kaggle_submission.offline import capacity
+    from kaggle_submission.offline.tuning.throughput import roofline_table
+
+    assert capacity.GPUS is hardware.GPUS and bk.MACHINE_SHAPES is hardware.MACHINE_SHAPES
+    for preset in PRESETS.values():
+        if preset.hardware == "cpu":
+            continue
+        gpu, _ = hardware.parse_hardware(preset.hardware)
+        assert preset.hardware in hardware.MACHINE_SHAPES
+        table = roofline_table(preset.hardware)
+        assert f"{hardware.GPUS[gpu].bandwidth / 1e9:.0f} GB/s" in table.source

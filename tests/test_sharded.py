@@ -155,6 +155,7 @@ def test_sharded_run_solves_every_problem_once_in_parallel(tmp_path: Path) -> No
     assert (tmp_path / "report.md").exists()
 
 
+@pytest.mark.slow
 def test_stop_then_resume_solves_the_rest_exactly_once(tmp_path: Path) -> None:
     stop = threading.Event()
     seen: list[str] = []
@@ -193,6 +194,7 @@ def test_stop_then_resume_solves_the_rest_exactly_once(tmp_path: Path) -> None:
     assert not second.missing and not second.stopped
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_mid_write(tmp_path: Path) -> None:
     run = sharded_dry_run(
         problems(4),
@@ -233,6 +235,7 @@ class FailingFor(ScriptedBackend):
         return await super().generate(request)
 
 
+@pytest.mark.slow
 def test_resume_redoes_problems_that_failed_in_the_backend(tmp_path: Path) -> None:
     items = problems(3)
     first = sharded_dry_run(
@@ -254,6 +257,7 @@ def test_resume_redoes_problems_that_failed_in_the_backend(tmp_path: Path) -> No
     assert all(t.stop_reason == "finished" for t in second.traces)
 
 
+@pytest.mark.slow
 def test_without_resume_the_run_starts_afresh(tmp_path: Path) -> None:
     for _ in range(2):
         result = sharded_dry_run(
@@ -319,7 +323,8 @@ def test_two_runs_cannot_share_a_folder(tmp_path: Path) -> None:
 
 def test_unreachable_servers_stop_the_run_with_the_url(tmp_path: Path) -> None:
     pytest.importorskip("httpx")
-    from kaggle_submission.backends.openai_backend import ServerConfigError, free_port
+    from kaggle_submission.backends.openai_backend import ServerConfigError
+    from kaggle_submission.offline.servers import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ServerConfigError, match=url):
@@ -353,6 +358,7 @@ def stub_loop() -> Iterator[StubLoop]:
     runner.close()
 
 
+@pytest.mark.slow
 @needs_httpx
 def test_stub_servers_one_killed_mid_run(tmp_path: Path, stub_loop: StubLoop) -> None:
     a = stub_loop.call(StubServer(chunk_delay=0.01).start())
@@ -438,6 +444,7 @@ def check_complete(result: ShardedResult, out: Path, count: int, n: int) -> None
                     assert segment.prompt_tokens > 0 and segment.error is None
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_sharded_run_through_a_server(
     two_servers: list[Any], tiny_model_dir: Path, tmp_path: Path
@@ -457,6 +464,7 @@ def test_vllm_sharded_run_through_a_server(
     assert json.loads((tmp_path / "summary.json").read_text())["problems"] == 3
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_resume_after_a_stop(two_servers: list[Any], tmp_path: Path) -> None:
     stop = threading.Event()
@@ -482,6 +490,7 @@ def test_vllm_resume_after_a_stop(two_servers: list[Any], tmp_path: Path) -> Non
     check_complete(second, tmp_path, 4, 2)
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_vllm_two_servers_one_killed_mid_run(two_servers: list[Any], tmp_path: Path) -> None:
     """Kill server B's process group while it has requests in flight: every problem is still

@@ -29,9 +29,7 @@ from training import data as td
 from training.sft import SFTStageConfig, accumulation_steps, build_trainer, train
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_ROW = REPO / "data" / "numinamath_tir_sample.jsonl"
-if not SHARED_ROW.exists():
-    SHARED_ROW = REPO.parent / "shared" / "data" / "numinamath_tir_sample.jsonl"
+TIR_SAMPLE = REPO / "data" / "numinamath_tir_sample.jsonl"
 AIME_PROBLEM = (
     "Find the number of ordered pairs $(m,n)$ of positive integers such that $m^2n = 20^{20}$."
 )
@@ -47,7 +45,7 @@ def rows_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("rows")
     tir = make_rows(30, seed=5)
-    real = json.loads(SHARED_ROW.read_text().splitlines()[0])
+    real = json.loads(TIR_SAMPLE.read_text().splitlines()[0])
     td.write_jsonl(
         out / "tir.jsonl", [*tir, {"problem": real["problem"], "solution": real["solution"]}]
     )
@@ -243,6 +241,7 @@ def test_packed_blocks_have_the_configured_length(
     assert len(prepared.eval) == 3
 
 
+@pytest.mark.slow
 def test_sft_stage1_then_stage2(tiny_model_dir: Path, rows_dir: Path, tmp_path: Path) -> None:
     s1 = stage_config(str(tiny_model_dir), tmp_path / "s1", rows_dir / "cot.jsonl", stage="s1")
     r1 = train(s1)
@@ -264,6 +263,7 @@ def test_sft_stage1_then_stage2(tiny_model_dir: Path, rows_dir: Path, tmp_path: 
 # ------------------------------------------------------------------------------ quantize
 
 
+@pytest.mark.slow
 def test_quantize_gptq_8bit_on_cpu(tiny_model_dir: Path, rows_dir: Path, tmp_path: Path) -> None:
     try:
         import gptqmodel  # noqa: F401
@@ -317,6 +317,7 @@ def test_quantize_gptq_8bit_on_cpu(tiny_model_dir: Path, rows_dir: Path, tmp_pat
 # ------------------------------------------------------------------------------ publish + kernel
 
 
+@pytest.mark.slow
 def test_publish_then_kernel_finds_loads_and_solves(demo_dir: Path, tmp_path: Path) -> None:
     from training.publish import publish_directory
 
@@ -380,6 +381,7 @@ def test_publish_then_kernel_finds_loads_and_solves(demo_dir: Path, tmp_path: Pa
 # ------------------------------------------------------------------------------ KTO
 
 
+@pytest.mark.slow
 def test_kto_samples_with_the_engine_and_trains(demo_dir: Path, tmp_path: Path) -> None:
     from kaggle_submission.offline.demo import demo_problems
     from training.kto import KTOStageConfig, ground_truth, rollout_completion, run

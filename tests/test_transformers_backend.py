@@ -23,7 +23,7 @@ from tiny_models import CHAT_TEMPLATE, DEFAULT_SCRIPT
 
 from kaggle_submission.backends import create_backend
 from kaggle_submission.backends.base import GenerationRequest, SamplingParams
-from kaggle_submission.prompts import OUTPUT_FENCE, format_prompt
+from kaggle_submission.prompts import OUTPUT_FENCE, PromptFormat, decide_prompt
 
 PROBLEM = "What is 2 + 3?"
 
@@ -69,15 +69,17 @@ async def steps_pass(backend, n: int, timeout: float = 20.0) -> None:
 
 
 def prompt_for(backend, problem: str = PROBLEM) -> str:
-    return format_prompt(problem, backend.chat_template)
+    """The prompt as the engine renders it: decided from the model directory, not the backend."""
+    return decide_prompt(None, backend.model_path).render(problem)
 
 
 # ------------------------------------------------------------------ loading, template, describe
 
 
-def test_chat_template_is_exposed_and_renders_the_prompt(scripted):
+def test_the_model_directory_decides_the_prompt_not_the_backend(scripted):
     assert scripted.name == "transformers"
-    assert scripted.chat_template == CHAT_TEMPLATE
+    assert not hasattr(scripted, "chat_template")  # backends receive text and only generate
+    assert decide_prompt(None, scripted.model_path) == PromptFormat("chat_template", CHAT_TEMPLATE)
     assert prompt_for(scripted) == "### Problem: What is 2 + 3?\n### Solution: "
 
 

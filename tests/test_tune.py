@@ -528,6 +528,7 @@ def random_world(rng: np.random.Generator, problems: int, rollouts: int) -> list
     return traces
 
 
+@pytest.mark.slow
 def test_accuracy_interval_covers_the_truth_at_about_its_level():
     """90% intervals from 60 independent recordings (20 problems drawn from three difficulty
     types, 24 rollouts each) cover the analytic expected accuracy about 90% of the time."""

@@ -156,7 +156,6 @@ def test_start_survives_a_cancelled_caller(monkeypatch: pytest.MonkeyPatch, tmp_
 
     monkeypatch.setattr(vllm_compat, "load_api", fake_api)
     monkeypatch.setattr(vllm_backend.EngineHandle, "create", staticmethod(fake_create))
-    monkeypatch.setattr(vllm_backend, "_load_chat_template", lambda path: None)
     monkeypatch.setattr(vllm_backend, "_descendants", set)
     monkeypatch.setattr(vllm_backend, "_engine_processes", lambda before: set())
     backend = vllm_backend.VLLMBackend(tmp_path)
@@ -273,15 +272,16 @@ def gen(loop: LoopThread, backend: Any, prompt: str = PROMPT, rid: str = "r", **
     return loop.run(backend.generate(GenerationRequest(rid, prompt, SamplingParams(**params))))
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_generate_returns_text_and_token_counts(loop, backend) -> None:
     c: Completion = gen(loop, backend, temperature=0.0, max_tokens=24)
     assert c.request_id == "r" and c.text and c.error is None
     assert c.finish_reason == "length" and c.completion_tokens == 24
     assert c.prompt_tokens > 5 and c.seconds > 0
-    assert backend.chat_template and "### Problem: " in backend.chat_template
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_stop_string_cuts_and_is_kept(loop, backend) -> None:
     greedy = gen(loop, backend, temperature=0.0, max_tokens=64).text
@@ -293,6 +293,7 @@ def test_stop_string_cuts_and_is_kept(loop, backend) -> None:
     assert c.completion_tokens < 64
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_max_tokens_and_model_length_give_length(loop, backend) -> None:
     assert gen(loop, backend, temperature=0.0, max_tokens=3).finish_reason == "length"
@@ -300,6 +301,7 @@ def test_max_tokens_and_model_length_give_length(loop, backend) -> None:
     assert c.finish_reason == "length" and c.prompt_tokens + c.completion_tokens == 1024
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_seeds_reproduce_and_differ(loop, backend) -> None:
     texts = [gen(loop, backend, temperature=1.0, max_tokens=24, seed=s).text for s in (7, 7, 8)]
@@ -307,6 +309,7 @@ def test_seeds_reproduce_and_differ(loop, backend) -> None:
     assert texts[0] != texts[2]
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_concurrent_requests_are_batched(loop, backend) -> None:
     async def burst() -> tuple[list[Completion], int]:
@@ -333,6 +336,7 @@ def test_concurrent_requests_are_batched(loop, backend) -> None:
     assert backend.stats["max_in_flight"] >= 8
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_cancel_aborts_in_the_engine(loop, backend) -> None:
     async def cancel_at_deadline() -> list[BaseException | Completion]:
@@ -360,6 +364,7 @@ def test_cancel_aborts_in_the_engine(loop, backend) -> None:
     assert gen(loop, backend, temperature=0.0, max_tokens=4).finish_reason == "length"
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_prefix_caching_is_on_and_hits(loop, backend) -> None:
     facts = backend.engine_facts()
@@ -371,6 +376,7 @@ def test_prefix_caching_is_on_and_hits(loop, backend) -> None:
     assert backend.stats["cached_prompt_tokens"] - before >= facts[0]["block_size"]
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_overlong_prompt_is_an_error_and_the_engine_lives(loop, backend) -> None:
     c = gen(loop, backend, PROMPT * 200, temperature=0.0, max_tokens=4)
@@ -381,6 +387,7 @@ def test_overlong_prompt_is_an_error_and_the_engine_lives(loop, backend) -> None
     assert gen(loop, backend, temperature=0.0, max_tokens=4).finish_reason == "length"
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_describe(loop, backend) -> None:
     info = backend.describe()
@@ -391,6 +398,7 @@ def test_describe(loop, backend) -> None:
     assert len(backend.engine_pids) >= 2  # EngineCore and its worker
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_solve_async_end_to_end(loop, backend) -> None:
     sandbox_mod = pytest.importorskip("kaggle_submission.sandbox")
@@ -416,6 +424,7 @@ def test_solve_async_end_to_end(loop, backend) -> None:
     assert trace.to_json()
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_aclose_leaves_no_processes(loop, backend, children_before) -> None:
     pids = backend.engine_pids
@@ -443,6 +452,7 @@ def test_aclose_leaves_no_processes(loop, backend, children_before) -> None:
         gen(loop, backend, max_tokens=2)
 
 
+@pytest.mark.slow
 @needs_vllm
 def test_dead_engine_raises_and_aclose_cleans_up(loop, tiny_dir, children_before) -> None:
     """A killed engine core: generate raises VLLMEngineDead (the caller rebuilds)."""

@@ -214,6 +214,7 @@ def _install(python, root, requirements):
     return nm.install_requirements("me/wheels", requirements, [root], mode="kaggle", python=python)
 
 
+@pytest.mark.slow
 def test_install_cell_dry_runs_then_installs_exactly_the_pins(image_env, tmp_path, capsys):
     python, root, wheels = image_env
     make_wheel(wheels, "aimo-app", "1.0", ("aimo-lib>=2", "torch==2.10.0"))
@@ -229,6 +230,7 @@ def test_install_cell_dry_runs_then_installs_exactly_the_pins(image_env, tmp_pat
     assert after["aimo-app"] == "1.0" and after["aimo-lib"] == "2.0" and after["torch"] == "2.10.0"
 
 
+@pytest.mark.slow
 def test_install_cell_fails_before_installing_an_incomplete_set(image_env, tmp_path):
     python, root, wheels = image_env
     make_wheel(wheels, "aimo-app", "1.0", ("aimo-lib>=2",))
@@ -242,6 +244,7 @@ def test_install_cell_fails_before_installing_an_incomplete_set(image_env, tmp_p
     assert "aimo-app" not in ws.installed_versions(str(python))
 
 
+@pytest.mark.slow
 def test_install_cell_refuses_to_replace_torch(image_env, tmp_path):
     python, root, wheels = image_env
     make_wheel(wheels, "torch", "2.9.0")

@@ -5,8 +5,9 @@ Stages, each a command with a YAML config (every value overridable with ``--set 
 ``training.kto`` (optional), ``training.quantize`` (GPTQ 8-bit), ``training.publish`` (manifest
 entry + Kaggle metadata), ``training.demo`` (the tiny DEMO model).
 
-From the kernel package it imports only ``prompts``, ``answers``, ``manifest`` and ``demo`` (the
-demo task's definition), plus the engine, sandbox and backends for sampling (KTO, demo
-evaluation). Heavy libraries (torch, transformers, trl, datasets, gptqmodel) are imported inside
-the functions that need them.
+From the kit it imports only ``prompts``, ``answers``, ``manifest``, ``offline.demo`` (the demo
+task's definition and model cache) and ``offline.report``, plus the engine, sandbox and backends
+for sampling (KTO, demo evaluation). The kit never imports ``training``: it builds the demo model
+by running ``python -m training.demo``. Heavy libraries (torch, transformers, trl, datasets,
+gptqmodel) are imported inside the functions that need them.
 """

@@ -2,8 +2,10 @@
 
 Why one loader: every stage is a command with a config file, and every value must be overridable
 from the command line without editing the file (``--set data.eval_fraction=0.05``). Values given
-with ``--set`` are parsed as YAML scalars (``true``, ``2e-5``, ``null``, ``[a, b]``) and then
-checked against the field's type, so a typo fails before any model is loaded.
+with ``--set`` follow the kit's one rule (``kaggle_submission.presets.parse_set_value``: JSON such
+as ``true``, ``2e-5``, ``null``; else a YAML flow collection such as ``[a, b]``; else the bare
+string) and are then checked against the field's type (``yes``/``off`` read as booleans, ``.5``
+as a number), so a typo fails before any model is loaded.
 """
 
 from __future__ import annotations
@@ -51,15 +53,15 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``a.b=value`` -> (["a", "b"], value parsed as a YAML scalar or flow sequence)."""
-    key, sep, raw = item.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {item!r}: expected key=value")
+    """``a.b=value`` -> (["a", "b"], value): the kit's one ``--set`` rule
+    (`kaggle_submission.presets.parse_set`: JSON, else a YAML flow collection, else the string)."""
+    from kaggle_submission.presets import parse_set
+
     try:
-        value = _yaml().safe_load(raw) if raw.strip() else ""
-    except Exception as exc:  # yaml.YAMLError, kept lazy
-        raise ConfigError(f"override {item!r}: {exc}") from None
-    return key.strip().split("."), value
+        key, value = parse_set(item)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return key.split("."), value
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -27,90 +27,14 @@ import sys
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kaggle_submission.prompts import format_prompt
 
 from .config import REPO_ROOT, load_config, resolve_path, stage_parser
-
-# ------------------------------------------------------------------------------ configs
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    """One data source: a hub dataset name (needs `datasets` and hub access) or a local file.
-
-    Attributes:
-        name: hub dataset, e.g. "AI-MO/NuminaMath-TIR" (ignored when `path` is set).
-        path: local .jsonl/.json/.parquet/.csv file or a directory of them.
-        split: hub split.
-        problem_field, solution_field: column names; rows with `messages` (user, assistant)
-            are read from those when the fields are absent.
-        limit: first N rows only (smoke tests, ablations).
-    """
-
-    name: str | None = None
-    path: str | None = None
-    split: str = "train"
-    problem_field: str = "problem"
-    solution_field: str = "solution"
-    limit: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.name and not self.path:
-            raise ValueError("a data source needs a hub `name` or a local `path`")
-
-    @property
-    def label(self) -> str:
-        return self.path or self.name or "?"
-
-
-@dataclass(frozen=True)
-class DecontamConfig:
-    """Attributes:
-    enabled: drop contaminated training rows.
-    validation_dirs: folders whose CSV/parquet/JSONL files with a `problem` column are the
-        validation sets (the first that exists of each is used; relative to the repo root).
-    validation_files: extra files, always used.
-    ngram: character shingle size over the normalised text.
-    jaccard: near-duplicate when the shingle Jaccard similarity reaches this.
-    containment: ... or when this share of a validation problem's shingles is in the row.
-    min_shingles: problems shorter than this (in shingles) are only matched exactly.
-    """
-
-    enabled: bool = True
-    validation_dirs: tuple[str, ...] = ("data", "../shared/data")
-    validation_files: tuple[str, ...] = ()
-    ngram: int = 8
-    jaccard: float = 0.6
-    containment: float = 0.8
-    min_shingles: int = 12
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """Attributes:
-    sources: where rows come from (concatenated in order).
-    eval_fraction: share of rows held out for evaluation loss (at most `eval_max`).
-    eval_max: cap on held-out rows.
-    seed: shuffling and split seed.
-    limit: cap on rows after concatenation (smoke tests).
-    decontamination: see DecontamConfig.
-    """
-
-    sources: tuple[SourceSpec, ...] = ()
-    eval_fraction: float = 0.02
-    eval_max: int = 2000
-    seed: int = 42
-    limit: int | None = None
-    decontamination: DecontamConfig = field(default_factory=DecontamConfig)
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.eval_fraction < 1:
-            raise ValueError("eval_fraction must be in [0, 1)")
-
+from .stage_config import DataConfig, DecontamConfig, SFTStageConfig, SourceSpec
 
 # ------------------------------------------------------------------------------ loading
 
@@ -412,8 +336,6 @@ def summary_line(report: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .sft import SFTStageConfig
-
     parser = stage_parser("Prepare (load, decontaminate, split) a stage's data")
     args = parser.parse_args(argv)
     cfg = load_config(SFTStageConfig, args.config, args.overrides)

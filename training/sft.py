@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,81 +35,11 @@ from .config import (
     stage_parser,
     to_dict,
 )
-from .data import DataConfig, PreparedData, prepare, render, summary_line
+from .data import PreparedData, prepare, render, summary_line
+from .stage_config import SFTStageConfig
 
 RECORDED_PACKAGES = ("torch", "transformers", "trl", "datasets", "accelerate", "deepspeed")
 """Whose versions a stage's run record keeps."""
-
-
-@dataclass(frozen=True)
-class SFTStageConfig:
-    """One SFT stage. Every field can be overridden with ``--set name=value``.
-
-    Attributes:
-        stage: a label for logs and the training_info file.
-        model: base model directory or hub id (stage 2: stage 1's ``final`` directory).
-        tokenizer: tokenizer directory when it differs from `model`.
-        output_dir: the run directory (``final/`` and ``checkpoints/`` go inside).
-        data: sources, split and decontamination (see training.data).
-        block_size: packed sequence length (TRL's max_length).
-        packing, packing_strategy: "wrapped" concatenates every text (EOS between) and cuts
-            fixed blocks, as the winner's ConstantLengthDataset did; "bfd" bins whole texts.
-        num_train_epochs, max_steps: length of training (max_steps > 0 wins).
-        learning_rate, lr_scheduler_type, warmup_ratio, weight_decay, max_grad_norm: optimiser.
-        per_device_train_batch_size, gradient_accumulation_steps, global_batch_size: batch;
-            accumulation None means global / (per-device x processes).
-        bf16: bfloat16 mixed precision (ignored with a warning on a machine without CUDA).
-        gradient_checkpointing: trade compute for activation memory.
-        attn_implementation: "sdpa", "flash_attention_2", ... (None: transformers' default).
-        deepspeed: a DeepSpeed JSON for the Trainer (not needed under an accelerate DeepSpeed
-            config, which carries its own).
-        torch_threads: CPU threads for torch (None: torch's default).
-    """
-
-    stage: str = "sft"
-    model: str = ""
-    tokenizer: str | None = None
-    output_dir: str = "runs/sft"
-    data: DataConfig = field(default_factory=DataConfig)
-    block_size: int = 2048
-    packing: bool = True
-    packing_strategy: str = "wrapped"
-    num_train_epochs: float = 3.0
-    max_steps: int = -1
-    learning_rate: float = 2e-5
-    lr_scheduler_type: str = "cosine"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    per_device_train_batch_size: int = 4
-    per_device_eval_batch_size: int = 4
-    gradient_accumulation_steps: int | None = None
-    global_batch_size: int | None = 32
-    bf16: bool = True
-    gradient_checkpointing: bool = True
-    attn_implementation: str | None = None
-    logging_steps: int = 10
-    save_strategy: str = "epoch"
-    save_total_limit: int | None = 1
-    eval_strategy: str = "epoch"
-    seed: int = 42
-    report_to: tuple[str, ...] = ("none",)
-    deepspeed: str | None = None
-    torch_threads: int | None = None
-    dataset_num_proc: int | None = None
-    dataloader_num_workers: int = 0
-    disable_tqdm: bool | None = None
-    trust_remote_code: bool = False
-
-    def __post_init__(self) -> None:
-        if self.block_size < 8:
-            raise ValueError("block_size must be at least 8")
-        if self.packing_strategy not in ("wrapped", "bfd", "bfd_split"):
-            raise ValueError("packing_strategy must be wrapped, bfd or bfd_split")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError("warmup_ratio must be in [0, 1)")
-        if self.per_device_train_batch_size < 1:
-            raise ValueError("per_device_train_batch_size must be >= 1")
 
 
 def world_size() -> int:

@@ -5,15 +5,19 @@ so a backend with continuous batching (vLLM) sees every live rollout at once and
 waits for the others. Cancelling the awaiting task is the cancel operation: a backend must stop
 the request underneath (vLLM: abort; transformers: drop the row at the next step) and let
 `asyncio.CancelledError` propagate.
+
+This module knows no backend: which backends exist, and how to build one by name, is the
+registry's business (`backends/__init__.py`).
 """
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 FinishReason = Literal["stop", "length", "eos", "abort", "error"]
 
@@ -96,31 +100,64 @@ class Completion:
         )
 
 
-@runtime_checkable
-class Backend(Protocol):
-    """What the engine needs from an LLM backend.
+class Backend(abc.ABC):
+    """What the engine needs from an LLM backend; every backend subclasses it.
 
-    Optional, looked up with getattr: `start()` (async: load before the first problem),
-    `kill()` (sync, any thread, bounded: free the engine's processes and memory even when its
-    event loop is stuck; a rebuild calls it before building the next engine) and `progress()`
-    (a counter that grows while tokens are produced; the engine's silence watchdog reads it,
-    else it counts completions).
+    `generate`, `aclose` and `describe` are required. The rest have defaults that do nothing,
+    so the engine and the runners call them on any backend without asking whether it has them.
     """
 
-    name: str
-    chat_template: str | None
+    name: str = "?"
 
+    @abc.abstractmethod
     async def generate(self, request: GenerationRequest) -> Completion:
         """Run one continuation; cancelling the caller's task cancels the request."""
-        ...
 
+    @abc.abstractmethod
     async def aclose(self) -> None:
         """Release the engine (processes, GPU memory)."""
-        ...
 
+    @abc.abstractmethod
     def describe(self) -> dict[str, Any]:
         """What ran, for logs and traces: engine, model, versions, settings."""
-        ...
+
+    async def start(self) -> None:
+        """Load before the first problem, so a model load belongs to start-up (default: none,
+        the backend is ready when built)."""
+        return None
+
+    def kill(self) -> None:
+        """Free the engine's processes and memory from any thread, bounded, even when its event
+        loop is stuck; a rebuild calls it before building the next engine (default: nothing to
+        free beyond `aclose`)."""
+        return None
+
+    def progress(self) -> int | None:
+        """A counter that grows while tokens are produced, read by the engine's silence
+        watchdog (default None: no per-token signal, the watchdog counts completions)."""
+        return None
+
+    @property
+    def dead(self) -> bool:
+        """True once the in-process engine died and every later request would fail: the runner
+        rebuilds it (default False: nothing to rebuild, e.g. servers that heal themselves)."""
+        return False
+
+
+@dataclass(frozen=True)
+class BackendFactory:
+    """How to build a backend, and what to build instead when it fails to start.
+
+    `fallback` (preset backend "auto": transformers when vLLM does not start) is used by
+    `engine.start_backend` only when `build()`'s backend raises from `start()`. Calling the
+    factory builds without starting, like any `Callable[[], Backend]`.
+    """
+
+    build: Callable[[], Backend]
+    fallback: Callable[[], Backend] | None = None
+
+    def __call__(self) -> Backend:
+        return self.build()
 
 
 # Messages as the libraries raise them (torch: "CUDA out of memory. Tried to allocate ...",
@@ -180,38 +217,3 @@ def apply_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str | None]:
         return text, None
     at, stop = best
     return text[: at + len(stop)], stop
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """How to build a backend: its name and keyword options (model path, dtype, ...)."""
-
-    name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
-
-
-def create_backend(name: str, **options: Any) -> Backend:
-    """Build a backend by name; heavy modules are imported here, not at package import."""
-    if name == "transformers":
-        from .transformers_backend import TransformersBackend
-
-        return TransformersBackend(**options)
-    if name == "replay":
-        from .replay import ReplayBackend
-
-        return ReplayBackend(**options)
-    if name == "scripted":
-        from .scripted import ScriptedBackend
-
-        return ScriptedBackend(**options)
-    if name == "vllm":
-        from .vllm_backend import VLLMBackend
-
-        return VLLMBackend(**options)
-    if name == "openai":
-        from .openai_backend import OpenAIBackend
-
-        return OpenAIBackend(**options)
-    raise ValueError(
-        f"unknown backend {name!r}: choose transformers, vllm, openai, replay or scripted"
-    )

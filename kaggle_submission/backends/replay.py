@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from ..traces import GenerationSegment, SolveTrace, read_traces
-from .base import Completion, GenerationRequest, problem_key
+from .base import Backend, Completion, GenerationRequest, problem_key
 
 
-class ReplayBackend:
+class ReplayBackend(Backend):
     """A backend that answers from recorded traces.
 
     Args:
@@ -36,9 +36,7 @@ class ReplayBackend:
         traces: Iterable[str | Path | SolveTrace],
         latency: str | float = "none",
         strict: bool = False,
-        chat_template: str | None = None,
     ) -> None:
-        self.chat_template = chat_template
         self.strict = strict
         self.scale = (
             {"none": 0.0, "recorded": 1.0}.get(latency)

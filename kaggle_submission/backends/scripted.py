@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .base import Completion, GenerationRequest, apply_stop
+from .base import Backend, Completion, GenerationRequest, apply_stop
 
 Script = Callable[[GenerationRequest], str]
 Latency = Callable[[GenerationRequest], float]
@@ -28,7 +28,7 @@ def tir_script(expression: str = "6 * 7", answer: int = 42) -> Script:
     return script
 
 
-class ScriptedBackend:
+class ScriptedBackend(Backend):
     """Answers each request with `script(request)` after `latency(request)` seconds."""
 
     name = "scripted"
@@ -37,11 +37,9 @@ class ScriptedBackend:
         self,
         script: Script | None = None,
         latency: float | Latency = 0.0,
-        chat_template: str | None = None,
     ) -> None:
         self.script = script or tir_script()
         self.latency: Latency = latency if callable(latency) else (lambda _r: float(latency))
-        self.chat_template = chat_template
         self.calls = 0
         self.cancelled = 0
 

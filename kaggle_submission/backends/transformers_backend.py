@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .base import (
+    Backend,
     Completion,
     FailureKind,
     FinishReason,
@@ -105,7 +106,7 @@ class _Row:
     done: bool = False
 
 
-class TransformersBackend:
+class TransformersBackend(Backend):
     """A transformers causal LM behind the async `Backend` protocol (see the module docstring).
 
     model: a local model directory (loaded with local_files_only, never downloaded).
@@ -158,11 +159,6 @@ class TransformersBackend:
             transformers.__version__,
         )
         self.model.eval()
-
-        template = getattr(self.tokenizer, "chat_template", None)
-        if isinstance(template, dict):  # several named templates: take the default one
-            template = template.get("default")
-        self.chat_template: str | None = template or None
 
         text_config = self.model.config
         if hasattr(text_config, "get_text_config"):

@@ -46,7 +46,7 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .base import Completion, GenerationRequest
+from .base import Backend, Completion, GenerationRequest
 from .vllm_compat import (
     EngineHandle,
     EngineSettings,
@@ -146,7 +146,7 @@ class LeastLoaded:
         self.in_flight[index] -= 1
 
 
-class VLLMBackend:
+class VLLMBackend(Backend):
     """vLLM's AsyncLLM behind the async `Backend` protocol (see the module docstring).
 
     model: a local model directory (weights, config, tokenizer).
@@ -217,7 +217,6 @@ class VLLMBackend:
             swap_space=swap_space,
         )
         self.extra: dict[str, Any] = dict(extra or {})
-        self.chat_template: str | None = _load_chat_template(self.model_path)
 
         self._api: VllmApi | None = None
         self._plan: EnginePlan | None = None
@@ -500,21 +499,6 @@ class VLLMBackend:
         failure = classify_error(exc)
         log.warning("vLLM request %s failed (%s): %s", request.request_id, failure, message)
         return Completion.failed(request.request_id, message, t0, failure)
-
-
-def _load_chat_template(path: str) -> str | None:
-    """The model directory's chat template (tokenizer files, never downloaded), or None."""
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception as exc:
-        log.warning("no tokenizer/chat template read from %s: %r", path, exc)
-        return None
-    template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, dict):  # several named templates: the default one
-        template = template.get("default")
-    return template or None
 
 
 def _installed_vllm_version() -> str | None:

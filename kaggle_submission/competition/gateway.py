@@ -128,7 +128,7 @@ def run_local_gateway(
         _serve_aimo1(adapter, order, answer_fn, record)
     else:
         _serve_kaggle_eval(adapter, order, answer_fn, record)
-    _write_submission(result)
+    write_submission(result.submission_path, [(r.key, r.answer) for r in result.rows])
     return result
 
 
@@ -183,17 +183,20 @@ def _serve_kaggle_eval(
         record(problem.key, returned["answer"][0], seconds)
 
 
-def _write_submission(result: GatewayResult) -> None:
-    ids = [r.key for r in result.rows]
-    answers = [r.answer for r in result.rows]
-    if result.submission_path.suffix == ".csv":
+def write_submission(path: str | Path, rows: Sequence[tuple[str, int]]) -> None:
+    """The competition's submission file (CSV or parquet by suffix): columns id, answer. The one
+    writer: the local gateway's and the sharded dry run's files are written alike."""
+    path = Path(path)
+    ids = [key for key, _ in rows]
+    answers = [int(answer) for _, answer in rows]
+    if path.suffix == ".csv":
         import csv
 
-        with result.submission_path.open("w", newline="") as fh:
+        with path.open("w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["id", "answer"])
             writer.writerows(zip(ids, answers, strict=True))
     else:
         import polars as pl
 
-        pl.DataFrame({"id": ids, "answer": answers}).write_parquet(result.submission_path)
+        pl.DataFrame({"id": ids, "answer": answers}).write_parquet(path)

@@ -15,17 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-GIB = 1024**3
-
-# Usable memory as torch reports it (not the marketing figure), and whether bf16 runs natively.
-GPUS: dict[str, tuple[float, bool]] = {
-    "t4": (14.75 * GIB, False),
-    "p100": (15.89 * GIB, False),
-    "l4": (22.05 * GIB, True),
-    "a100": (79.15 * GIB, True),
-    "h100": (79.10 * GIB, True),
-    "h200": (139.8 * GIB, True),
-}
+from ..hardware import GIB, GPUS, parse_hardware  # the hardware table (memory per GPU)
 
 # deepseek-math-7b-base, the NuminaMath-7B-TIR architecture (config.json of the published model).
 NUMINAMATH_7B = {
@@ -103,16 +93,6 @@ class Capacity:
     rollouts_at: dict[int, int]
 
 
-def parse_hardware(hardware: str) -> tuple[str, int]:
-    """ "t4x2" -> ("t4", 2)."""
-    name, _, count = hardware.lower().partition("x")
-    if name not in GPUS or not count.isdigit():
-        raise ValueError(
-            f"hardware {hardware!r}: expected <gpu>x<count> with gpu in {sorted(GPUS)}"
-        )
-    return name, int(count)
-
-
 def estimate(
     shape: ModelShape,
     hardware: str,
@@ -129,7 +109,7 @@ def estimate(
     sampler buffers); about 1-1.5 GiB with eager mode on a 7B model.
     """
     gpu, count = parse_hardware(hardware)
-    total, _ = GPUS[gpu]
+    total = GPUS[gpu].memory_bytes
     weights = shape.weight_bytes(bits)
     kv = shape.kv_bytes_per_token(kv_dtype_bytes)
     layouts = [("tensor_parallel", 1, count)]

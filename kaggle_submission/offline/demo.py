@@ -18,8 +18,10 @@ can afford. There are 10^4 digit choices per kind, so held-out problems are unse
 cannot memorise its way to an answer; every answer is below 100.
 
 This module is the single definition of the demo task (problem generator, held-out split) and the
-cache of the trained model. It imports nothing heavy: `ensure_demo_model` imports `training`
-only when the model has to be built, and building runs training's own SFT pipeline.
+cache of the trained model. It imports nothing heavy and never imports `training` (training
+imports this module, one way): a missing model is built by running ``python -m training.demo``
+in a subprocess from the repository, training's own SFT pipeline. Only the offline CLI asks for
+it (`model_dir_for`) and hands the kernel the directory; the kernel knows no demo model.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +54,8 @@ __all__ = [
     "ensure_demo_model",
     "generate_tasks",
     "is_held_out",
+    "model_dir_for",
+    "repository_root",
 ]
 
 DEMO_VERSION = "v2"
@@ -221,30 +226,62 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _import_training() -> Any:
-    """`training.demo`, from the repository next to this package when it is not importable."""
-    try:
-        import training.demo as module
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("training", "training.demo"):
-            raise
-        repo = Path(__file__).resolve().parent.parent
-        if not (repo / "training" / "demo.py").is_file():
-            raise RuntimeError(
-                "the demo model is not built and the training package is not available to build "
-                "it: run `python -m training.demo` from the repository"
-            ) from None
-        sys.path.insert(0, str(repo))
-        import training.demo as module
-    return module
+def repository_root() -> Path | None:
+    """The repository this package sits in, when its `training/` is there to build the model."""
+    repo = Path(__file__).resolve().parents[2]
+    return repo if (repo / "training" / "demo.py").is_file() else None
 
 
-def ensure_demo_model(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+def _build_in_subprocess(repo: Path, out: Path, manifest: Path) -> None:
+    """``python -m training.demo --out OUT --manifest MANIFEST`` from `repo`, its output relayed
+    to stderr. Why a subprocess: the kit never imports `training` (imports point one way)."""
+    command = [
+        sys.executable,
+        "-m",
+        "training.demo",
+        "--out",
+        str(out),
+        "--manifest",
+        str(manifest),
+    ]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)
+    tail: list[str] = []
+    with subprocess.Popen(
+        command,
+        cwd=repo,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        errors="replace",
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            sys.stderr.write(line)
+            tail = [*tail[-19:], line]
+        sys.stderr.flush()
+        code = proc.wait()
+    if code != 0:
+        raise RuntimeError(
+            f"building the demo model failed ({' '.join(command[1:])} in {repo} exited with "
+            f"{code}):\n{''.join(tail)}"
+        )
+    if not _ready(out):
+        raise RuntimeError(f"{' '.join(command[1:])} exited 0 but {out} is not a finished model")
+
+
+def ensure_demo_model(
+    cache_dir: str | os.PathLike[str] | None = None, repo: str | os.PathLike[str] | None = None
+) -> Path:
     """The demo model's directory, trained on first use (about two minutes on 2 CPU cores).
 
-    Building goes through training's SFT pipeline and publishes a manifest entry (demo: true)
-    into ``<cache>/weights_manifest.json``. A file lock keeps two processes from training at
-    once; the model is written to a temporary directory and renamed into place when complete.
+    Building runs ``python -m training.demo`` from the repository (`repo`, default: the one this
+    package sits in), which trains with training's SFT pipeline and publishes a manifest entry
+    (demo: true) into ``<cache>/weights_manifest.json``. A file lock keeps two processes from
+    training at once; the model is written to a temporary directory and renamed into place when
+    complete.
     """
     target = demo_model_dir(cache_dir)
     print(f"{BANNER} ({target})", file=sys.stderr, flush=True)
@@ -253,7 +290,13 @@ def ensure_demo_model(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     with _file_lock(target.parent / f"{target.name}.lock"):
         if _ready(target):
             return target
-        training_demo = _import_training()
+        root = Path(repo) if repo is not None else repository_root()
+        if root is None or not (root / "training" / "demo.py").is_file():
+            raise RuntimeError(
+                f"the demo model is not built in {target} and no repository `training/` is next "
+                "to this package to build it: from a checkout of the repository run "
+                f"`python -m training.demo --out {target}`, or pass a model directory (--model)"
+            )
         tmp = target.parent / f"{target.name}.building-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         t0 = time.monotonic()
@@ -263,9 +306,7 @@ def ensure_demo_model(cache_dir: str | os.PathLike[str] | None = None) -> Path:
             flush=True,
         )
         try:
-            training_demo.build_demo_model(
-                tmp, manifest_path=target.parent / "weights_manifest.json"
-            )
+            _build_in_subprocess(root, tmp, target.parent / "weights_manifest.json")
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -277,3 +318,14 @@ def ensure_demo_model(cache_dir: str | os.PathLike[str] | None = None) -> Path:
             flush=True,
         )
     return target
+
+
+def model_dir_for(
+    preset_model: str, model: str | os.PathLike[str] | None
+) -> str | os.PathLike[str] | Path | None:
+    """The model directory an offline run hands the kernel: `model` when given, the (built on
+    first use) demo model for a preset whose model is the demo, else None (the kernel then finds
+    the preset's weights through the manifest)."""
+    if model is None and preset_model == DEMO_ENTRY_NAME:
+        return ensure_demo_model()
+    return model

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -19,9 +19,10 @@ from ..competition.gateway import GatewayRow, run_local_gateway
 from ..config import override
 from ..kernel import Kernel
 from ..presets import Preset, get_preset
-from ..problems import Problem, load_problems, truths, unanswerable
+from ..problems import Problem, load_problems, truths
 from ..traces import TraceWriter, read_traces
-from .report import fmt_value, summarize, write_report
+from .demo import model_dir_for
+from .report import ProgressLine, fmt_value, result_line, run_summary, summarize, write_report
 
 log = logging.getLogger(__name__)
 
@@ -86,29 +87,17 @@ def build_preset(options: DryRunOptions, num_problems: int) -> Preset:
     return override(preset, backend=options.backend) if options.backend else preset
 
 
-class Progress:
-    """One line per problem: k of n, elapsed, budget left, running accuracy."""
+def progress(kernel: Kernel, total: int, stream: TextIO) -> Callable[[GatewayRow, int], None]:
+    """The gateway's per-row callback: the shared progress line, with the budget left."""
+    line = ProgressLine(total, stream)
 
-    def __init__(self, kernel: Kernel, stream: TextIO | None = None) -> None:
-        self.kernel = kernel
-        self.stream = stream or sys.stderr
-        self.start = time.monotonic()
-        self.correct = 0
-        self.scored = 0
+    def budget_left(_: ProgressLine, elapsed: float) -> str:
+        return f"budget left {kernel.budget.time_left():.0f} s"
 
-    def __call__(self, row: GatewayRow, total: int) -> None:
-        if row.truth is not None:
-            self.scored += 1
-            self.correct += bool(row.correct)
-        accuracy = f"{self.correct}/{self.scored}" if self.scored else "-"
-        mark = {True: "ok", False: "wrong", None: ""}[row.correct]
-        print(
-            f"[{row.order + 1}/{total}] {row.key}: answer {row.answer} {mark} "
-            f"({row.seconds:.1f} s) | elapsed {time.monotonic() - self.start:.0f} s, "
-            f"budget left {self.kernel.budget.time_left():.0f} s, accuracy {accuracy}",
-            file=self.stream,
-            flush=True,
-        )
+    def on_row(row: GatewayRow, _total: int) -> None:
+        line(row.key, row.answer, row.truth, row.seconds, budget_left)
+
+    return on_row
 
 
 def dry_run(options: DryRunOptions, stream: TextIO | None = None) -> dict[str, Any]:
@@ -126,7 +115,8 @@ def dry_run(options: DryRunOptions, stream: TextIO | None = None) -> dict[str, A
     trace_path = out / "traces.jsonl"
     if trace_path.exists():
         trace_path.unlink()
-    kernel = Kernel(preset, model_dir=options.model, trace_path=trace_path, run_started=run_started)
+    model_dir = model_dir_for(preset.model, options.model)  # the demo model is built here
+    kernel = Kernel(preset, model_dir=model_dir, trace_path=trace_path, run_started=run_started)
     with kernel:
         engine_name = kernel.solver.backend.name if kernel.solver else preset.backend
         print(
@@ -142,7 +132,7 @@ def dry_run(options: DryRunOptions, stream: TextIO | None = None) -> dict[str, A
             kernel.answer,
             out,
             shuffle_seed=options.shuffle_seed,
-            on_row=Progress(kernel, stream),
+            on_row=progress(kernel, len(problems), stream),
         )
         engine = kernel.describe()
         ablation = None
@@ -150,23 +140,19 @@ def dry_run(options: DryRunOptions, stream: TextIO | None = None) -> dict[str, A
             ablation = ablate_code_execution(kernel, preset, problems, out, stream)
     traces = {t.problem_id: t for t in read_traces(trace_path)}
     ordered = [traces[r.key] for r in gateway.rows if r.key in traces]
-    summary = summarize(
+    summary = run_summary(
         ordered,
-        truths(problems, preset.policy),
-        {
-            "banner": DEMO_BANNER if demo else "",
-            "data": data_name,
-            "preset": preset.name,
-            "backend": engine_name,
-            "model": str(kernel.model_path),
-            "engine": engine,
-            "competition": preset.competition,
-            "submission": str(gateway.submission_path),
-            "gateway_correct": gateway.correct,
-            "gateway_violations": gateway.violations,
-            "unanswerable": [p.key for p in unanswerable(problems, preset.policy)],
-            "wall_seconds": time.monotonic() - run_started,
-        },
+        problems,
+        preset,
+        banner=DEMO_BANNER if demo else "",
+        backend=engine_name,
+        model=str(kernel.model_path),
+        engine=engine,
+        submission=gateway.submission_path,
+        wall_seconds=time.monotonic() - run_started,
+        data=data_name,
+        gateway_correct=gateway.correct,
+        gateway_violations=gateway.violations,
     )
     if ablation is not None:
         summary["code_ablation"] = {
@@ -175,11 +161,7 @@ def dry_run(options: DryRunOptions, stream: TextIO | None = None) -> dict[str, A
             "traces": str(out / ABLATION_TRACES),
         }
     report = write_report(summary, out)
-    print(
-        f"accuracy {summary['correct']}/{summary['scored']} | pass@N {summary['pass_at_n']} | "
-        f"report {report}",
-        file=stream,
-    )
+    print(result_line(summary, f"report {report}"), file=stream)
     return summary
 
 

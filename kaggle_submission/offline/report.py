@@ -10,12 +10,18 @@ here). Definitions, per problem with a known answer:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
+from ..problems import Problem, truths, unanswerable
 from ..traces import ExecutionSegment, SolveTrace
+
+if TYPE_CHECKING:
+    from ..presets import Preset
 
 
 @dataclass(frozen=True)
@@ -109,6 +115,98 @@ def summarize(
         "tokens_generated": sum(s.tokens for s in stats),
         "per_problem": [asdict(s) for s in stats],
     }
+
+
+def run_summary(
+    traces: Sequence[SolveTrace],
+    problems: Sequence[Problem],
+    preset: Preset,
+    *,
+    backend: str,
+    model: str,
+    engine: Mapping[str, Any],
+    submission: str | Path,
+    wall_seconds: float,
+    banner: str = "",
+    **fields: Any,
+) -> dict[str, Any]:
+    """The summary every dry run writes (sequential and sharded): `summarize`'s figures, the
+    fields they share, then the runner's own `fields` (gateway checks, resume counts, ...)."""
+    return summarize(
+        traces,
+        truths(problems, preset.policy),
+        {
+            "banner": banner,
+            "preset": preset.name,
+            "backend": backend,
+            "model": model,
+            "engine": dict(engine),
+            "competition": preset.competition,
+            "submission": str(submission),
+            "unanswerable": [p.key for p in unanswerable(problems, preset.policy)],
+            "wall_seconds": wall_seconds,
+            **fields,
+        },
+    )
+
+
+def result_line(summary: Mapping[str, Any], *notes: str) -> str:
+    """The line a dry run ends with: accuracy, pass@N, then the runner's notes."""
+    accuracy = f"accuracy {summary['correct']}/{summary['scored']}"
+    return " | ".join([accuracy, f"pass@N {summary['pass_at_n']}", *notes])
+
+
+class ProgressLine:
+    """One line per finished problem, for every dry run: k of n, answer, ok/wrong, its time,
+    elapsed, the runner's own figures, running accuracy. Thread-safe (sharded runs call it
+    from many problems at once)."""
+
+    def __init__(
+        self,
+        total: int,
+        stream: TextIO | None = None,
+        done: int = 0,
+        started: float | None = None,
+    ) -> None:
+        """`done`: problems finished before (resumed); `stream` None prints nothing."""
+        self.total = total
+        self.stream = stream
+        self.done = done
+        self.new = 0  # finished by this run
+        self.started = time.monotonic() if started is None else started
+        self.scored = 0
+        self.correct = 0
+        self._lock = threading.Lock()
+
+    def __call__(
+        self,
+        key: str,
+        answer: int,
+        truth: int | None,
+        seconds: float,
+        figures: Callable[[ProgressLine, float], str],
+        stop_reason: str | None = None,
+    ) -> None:
+        """`figures(self, elapsed)`: the runner's part of the line (budget left, rate)."""
+        with self._lock:
+            self.done += 1
+            self.new += 1
+            mark = ""
+            if truth is not None:
+                ok = answer == truth
+                self.scored += 1
+                self.correct += ok
+                mark = "ok" if ok else "wrong"
+            elapsed = time.monotonic() - self.started
+            accuracy = f"{self.correct}/{self.scored}" if self.scored else "-"
+            took = f"{seconds:.1f} s" + (f", {stop_reason}" if stop_reason else "")
+            if self.stream is not None:
+                print(
+                    f"[{self.done}/{self.total}] {key}: answer {answer} {mark} ({took}) | "
+                    f"elapsed {elapsed:.0f} s, {figures(self, elapsed)}, accuracy {accuracy}",
+                    file=self.stream,
+                    flush=True,
+                )
 
 
 def _row(cells: Sequence[Any]) -> str:

@@ -41,27 +41,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..backends.base import Backend
+from ..backends.base import Backend, BackendFactory
+from ..competition.gateway import write_submission  # re-exported: the one writer
 from ..engine import (
     EngineLoop,
     Solution,
     describe_backend,
     fallback_solution,
+    rebuild_config,
     solve_async,
     start_backend,
+    watchdog_grace_s,
 )
 from ..presets import Preset
-from ..problems import Problem, truths, unanswerable
+from ..problems import Problem, truths
+from ..prompts import NUMINA, PromptFormat, decide_prompt
 from ..sandbox import Sandbox
 from ..traces import SolveTrace
 from .dryrun import DEMO_BANNER, DryRunOptions, build_preset, load_data
+from .report import ProgressLine, result_line, run_summary, write_report
 
 log = logging.getLogger(__name__)
 
 TRACES_FILE = "traces.jsonl"
 REDONE_FILE = "traces.errors.jsonl"
 
-BackendFactory = Callable[[], Backend]
+# a plain function, or a `BackendFactory` (with a fallback for a backend that does not start)
+AnyFactory = BackendFactory | Callable[[], Backend]
 OnSolution = Callable[[Problem, Solution], None]
 
 
@@ -194,7 +200,7 @@ class _Run:
         self,
         preset: Preset,
         todo: Sequence[Problem],
-        factory: BackendFactory,
+        factory: AnyFactory,
         sandbox: Sandbox,
         writer: DurableTraceWriter,
         concurrency: int,
@@ -202,8 +208,14 @@ class _Run:
         stop_event: threading.Event,
         on_solution: OnSolution | None,
         progress: Callable[[Problem, Solution], None],
+        prompt_format: PromptFormat = NUMINA,
+        heals_itself: bool = False,
     ) -> None:
+        """`heals_itself`: the backend is servers (never rebuilt from here)."""
         self.preset = preset
+        self.config = preset.engine  # N halves after an out-of-memory rebuild
+        self.heals_itself = heals_itself
+        self.prompt_format = prompt_format
         self.todo = list(todo)
         self.factory = factory
         self.sandbox = sandbox
@@ -271,10 +283,10 @@ class _Run:
                 return
             backend = self.backend
             assert backend is not None
-            config = self.preset.engine
+            config = self.config
             policy = self.preset.policy
             deadline = time.monotonic() + self.problem_cap_s
-            grace = self.preset.budget.margin_s + config.drain_seconds + 5.0
+            grace = watchdog_grace_s(config, self.preset.budget.margin_s)
             try:
                 solution = await asyncio.wait_for(
                     solve_async(
@@ -286,13 +298,16 @@ class _Run:
                         deadline=deadline,
                         problem_id=problem.key,
                         executor=executor,
+                        prompt_format=self.prompt_format,
                     ),
                     timeout=self.problem_cap_s + grace,
                 )
             except asyncio.TimeoutError:
                 reason = "the engine hung past the deadline"
                 log.error("problem %s: %s; recording the fallback", problem.key, reason)
-                solution = fallback_solution(problem.problem, problem.key, config, policy, reason)
+                solution = fallback_solution(
+                    problem.problem, problem.key, config, policy, reason, "stuck"
+                )
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, self.writer.write, solution.trace)
             self.solved.append(problem.key)
@@ -302,21 +317,29 @@ class _Run:
             if self.stop_event.is_set():
                 self._cancel_all()
             elif solution.stop_reason == "error":
-                await self._maybe_rebuild(backend)
+                await self._maybe_rebuild(backend, solution)
 
-    async def _maybe_rebuild(self, failed: Backend) -> None:
-        """An in-process engine that died (vLLM's `dead`) is replaced; servers heal themselves."""
-        if not getattr(failed, "dead", False):
+    async def _maybe_rebuild(self, failed: Backend, solution: Solution) -> None:
+        """The kernel's recovery rule (`engine.rebuild_config`): an in-process engine that
+        failed (dead, out of memory: N halved, stuck) is replaced once; a request's failure
+        costs that problem only, and servers heal themselves."""
+        config = rebuild_config(solution.failure, self.config)
+        if config is None or self.heals_itself:
             return
         assert self._rebuild_lock is not None
         async with self._rebuild_lock:
-            if self.backend is not failed:
+            if self.backend is not failed:  # another problem's failure rebuilt it already
                 return
-            log.warning("the backend died; rebuilding it")
+            log.warning("the backend failed (%s); rebuilding it", solution.failure)
+            if config.num_rollouts != self.config.num_rollouts:
+                log.warning(
+                    "out of memory: N %d -> %d", self.config.num_rollouts, config.num_rollouts
+                )
+            self.config = config
             try:
                 await failed.aclose()
             except Exception:
-                log.exception("closing the dead backend failed")
+                log.exception("closing the failed backend failed")
             self.backend = await start_backend(self.factory)
 
 
@@ -325,9 +348,10 @@ def sharded_dry_run(
     preset: Preset,
     out_dir: str | Path,
     *,
-    backend_factory: BackendFactory | None = None,
+    backend_factory: AnyFactory | None = None,
     servers: str | Sequence[str] | None = None,
     backend_options: Mapping[str, Any] | None = None,
+    prompt_format: PromptFormat | None = None,
     concurrency: int = 4,
     resume: bool = True,
     problem_cap_s: float | None = None,
@@ -343,10 +367,12 @@ def sharded_dry_run(
 
     The backend is `backend_factory()` (called on the engine loop) or, with `servers`, an
     OpenAIBackend over them (`backend_options` are its keyword options: model, tokenizer_dir,
-    max_concurrency_per_server, ...). `problem_cap_s` is each problem's time (default the
-    preset's budget.cap_s). `resume` skips the problems already in out_dir/traces.jsonl; without
-    it the file is started afresh. `stop_event` (or Ctrl-C) stops the run: what finished is kept.
-    With `write_outputs` the submission file, summary.json and report.md are written too.
+    max_concurrency_per_server, ...). `prompt_format` renders the prompts (default: decided from
+    the servers' `tokenizer_dir` when given, else the kit's format). `problem_cap_s` is each
+    problem's time (default the preset's budget.cap_s). `resume` skips the problems already in
+    out_dir/traces.jsonl; without it the file is started afresh. `stop_event` (or Ctrl-C)
+    stops the run: what finished is kept. With `write_outputs` the submission file,
+    summary.json and report.md are written too.
     """
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")
@@ -356,6 +382,9 @@ def sharded_dry_run(
     if len(set(keys)) != len(keys):
         raise ValueError("problem keys must be unique (they identify problems on resume)")
     factory = backend_factory or _openai_factory(servers, backend_options or {})
+    if prompt_format is None:
+        model_dir = (backend_options or {}).get("tokenizer_dir") if servers else None
+        prompt_format = decide_prompt(None, model_dir) if model_dir else NUMINA
     cap = float(problem_cap_s if problem_cap_s is not None else preset.budget.cap_s)
     if cap <= 0:
         raise ValueError("problem_cap_s must be positive")
@@ -380,7 +409,7 @@ def sharded_dry_run(
         engine: dict[str, Any] = {}
         solved: list[str] = []
         if todo:
-            progress = _Progress(
+            progress = _progress(
                 len(order), len(resumed), started, stream, truths(order, preset.policy)
             )
             sandbox = Sandbox(preset.sandbox)
@@ -400,6 +429,8 @@ def sharded_dry_run(
                     stop,
                     on_solution,
                     progress,
+                    prompt_format,
+                    heals_itself=servers is not None,
                 )
                 future = runner.submit(run.main())
                 try:
@@ -448,9 +479,7 @@ def _lock_dir(out: Path) -> TextIO:
     return fh
 
 
-def _openai_factory(
-    servers: str | Sequence[str] | None, options: Mapping[str, Any]
-) -> BackendFactory:
+def _openai_factory(servers: str | Sequence[str] | None, options: Mapping[str, Any]) -> AnyFactory:
     from ..backends.openai_backend import OpenAIBackend
 
     assert servers is not None
@@ -511,49 +540,29 @@ def _check_configs(
         )
 
 
-class _Progress:
-    """One line per finished problem: k of n, answer, rate, running accuracy."""
+def _rate(line: ProgressLine, elapsed: float) -> str:
+    """The sharded run's figure on the shared progress line: problems solved per minute."""
+    rate = 60.0 * line.new / elapsed if elapsed > 0 else 0.0
+    return f"{rate:.1f} problems/min"
 
-    def __init__(
-        self,
-        total: int,
-        done: int,
-        started: float,
-        stream: TextIO | None,
-        truth: Mapping[str, int | None],
-    ) -> None:
-        self.total = total
-        self.truth = truth  # as the competition defines it (problems.truths)
-        self.done = done
-        self.new = 0
-        self.started = started
-        self.stream = stream
-        self.scored = 0
-        self.correct = 0
-        self._lock = threading.Lock()
 
-    def __call__(self, problem: Problem, solution: Solution) -> None:
-        with self._lock:
-            self.done += 1
-            self.new += 1
-            mark = ""
-            truth = self.truth.get(problem.key)
-            if truth is not None:
-                self.scored += 1
-                ok = solution.answer == truth
-                self.correct += ok
-                mark = "ok" if ok else "wrong"
-            elapsed = time.monotonic() - self.started
-            rate = 60.0 * self.new / elapsed if elapsed > 0 else 0.0
-            accuracy = f"{self.correct}/{self.scored}" if self.scored else "-"
-            if self.stream is not None:
-                print(
-                    f"[{self.done}/{self.total}] {problem.key}: answer {solution.answer} {mark} "
-                    f"({solution.seconds:.1f} s, {solution.stop_reason}) | elapsed "
-                    f"{elapsed:.0f} s, {rate:.1f} problems/min, accuracy {accuracy}",
-                    file=self.stream,
-                    flush=True,
-                )
+def _progress(
+    total: int, done: int, started: float, stream: TextIO | None, truth: Mapping[str, int | None]
+) -> Callable[[Problem, Solution], None]:
+    """The shared progress line (`ProgressLine`), per finished problem, with the rate."""
+    line = ProgressLine(total, stream, done=done, started=started)
+
+    def on_solution(problem: Problem, solution: Solution) -> None:
+        line(
+            problem.key,
+            solution.answer,
+            truth.get(problem.key),
+            solution.seconds,
+            _rate,
+            solution.stop_reason,
+        )
+
+    return on_solution
 
 
 def _write_outputs(
@@ -567,7 +576,6 @@ def _write_outputs(
     stream: TextIO | None,
 ) -> None:
     from ..competition import get_adapter
-    from .report import summarize, write_report
 
     adapter = get_adapter(preset.competition)
     submission = out / adapter.SUBMISSION_FILE
@@ -576,58 +584,32 @@ def _write_outputs(
     server_list = (
         [s for s in servers.split(",") if s.strip()] if isinstance(servers, str) else servers
     )
-    summary = summarize(
+    summary = run_summary(
         result.traces,
-        truths(order, preset.policy),
-        {
-            "banner": "",
-            "preset": preset.name,
-            "backend": result.engine.get("name", "openai" if servers else preset.backend),
-            "model": result.engine.get("model", preset.model),
-            "engine": result.engine,
-            "competition": preset.competition,
-            "submission": str(submission),
-            "mode": "sharded",
-            "concurrency": concurrency,
-            "servers": list(server_list) if server_list else None,
-            "resumed": len(result.resumed),
-            "solved_now": len(result.solved_now),
-            "missing": result.missing,
-            "complete": not result.missing,
-            "problems_per_minute": len(result.solved_now) / minutes if minutes > 0 else None,
-            "unanswerable": [p.key for p in unanswerable(order, preset.policy)],
-            "wall_seconds": result.seconds,
-            **(extra or {}),
-        },
+        order,
+        preset,
+        backend=result.engine.get("name", "openai" if servers else preset.backend),
+        model=result.engine.get("model", preset.model),
+        engine=result.engine,
+        submission=submission,
+        wall_seconds=result.seconds,
+        mode="sharded",
+        concurrency=concurrency,
+        servers=list(server_list) if server_list else None,
+        resumed=len(result.resumed),
+        solved_now=len(result.solved_now),
+        missing=result.missing,
+        complete=not result.missing,
+        problems_per_minute=len(result.solved_now) / minutes if minutes > 0 else None,
+        **(extra or {}),
     )
     result.summary = summary
     result.submission_path = submission
     result.report_path = write_report(summary, out)
     if stream is not None:
         note = "" if not result.missing else f" | {len(result.missing)} problems not solved yet"
-        print(
-            f"accuracy {summary['correct']}/{summary['scored']} | pass@N {summary['pass_at_n']} | "
-            f"{len(result.solved_now)} solved now, {len(result.resumed)} resumed{note} | "
-            f"report {result.report_path}",
-            file=stream,
-        )
-
-
-def write_submission(path: Path, rows: Sequence[tuple[str, int]]) -> None:
-    """The competition's file (CSV or parquet by suffix): columns id, answer."""
-    ids = [key for key, _ in rows]
-    answers = [int(answer) for _, answer in rows]
-    if path.suffix == ".csv":
-        import csv
-
-        with path.open("w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["id", "answer"])
-            writer.writerows(zip(ids, answers, strict=True))
-    else:
-        import polars as pl
-
-        pl.DataFrame({"id": ids, "answer": answers}).write_parquet(path)
+        solved = f"{len(result.solved_now)} solved now, {len(result.resumed)} resumed{note}"
+        print(result_line(summary, solved, f"report {result.report_path}"), file=stream)
 
 
 # --------------------------------------------------------------------------- CLI-style entry
@@ -665,8 +647,9 @@ def run_sharded(options: ShardedOptions, stream: TextIO | None = None) -> Sharde
     data_name, problems = load_data(run)
     preset = build_preset(run, len(problems))
     extra: dict[str, Any] = {"data": data_name}
-    factory: BackendFactory | None = None
+    factory: AnyFactory | None = None
     backend_options: dict[str, Any] = {}
+    prompt_format: PromptFormat | None = None  # with servers: from the tokenizer_dir
     if options.servers:
         backend_options["max_concurrency_per_server"] = options.max_concurrency_per_server
         if run.model and Path(run.model).is_dir():
@@ -676,8 +659,10 @@ def run_sharded(options: ShardedOptions, stream: TextIO | None = None) -> Sharde
         engine_line = f"openai over {options.servers}"
     else:
         from ..kernel import make_backend_factory, resolve_model
+        from .demo import model_dir_for
 
-        model_path = resolve_model(preset, run.model)
+        weights = resolve_model(preset, model_dir_for(preset.model, run.model))
+        model_path, prompt_format = weights.path, weights.prompt
         factory = make_backend_factory(preset.backend, model_path, dict(preset.backend_options))
         engine_line = f"{preset.backend} in process, model {model_path}"
         if preset.model == "demo" and run.model is None:
@@ -697,6 +682,7 @@ def run_sharded(options: ShardedOptions, stream: TextIO | None = None) -> Sharde
         backend_factory=factory,
         servers=options.servers if factory is None else None,
         backend_options=backend_options,
+        prompt_format=prompt_format,
         concurrency=options.concurrency,
         resume=options.resume,
         problem_cap_s=options.problem_cap_s,

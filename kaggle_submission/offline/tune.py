@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import re
 import sys
 from collections.abc import Sequence
@@ -36,8 +35,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from ..competition import get_adapter
-from ..presets import PRESETS, Preset, get_preset
-from .capacity import NUMINAMATH_7B, ModelShape, estimate, parse_hardware
+from ..hardware import parse_hardware
+from ..presets import PRESETS, Preset, get_preset, read_preset_file
+from .capacity import NUMINAMATH_7B, ModelShape, estimate
 from .tuning.outputs import (
     Capacity,
     Row,
@@ -239,8 +239,8 @@ def _base(preset_arg: str) -> tuple[str, dict[str, Any]]:
     """The preset file's base and overrides to build on."""
     if preset_arg in PRESETS:
         return preset_arg, {}
-    data = json.loads(Path(preset_arg).read_text())
-    return data["base"], dict(data.get("overrides", {}))
+    spec = read_preset_file(preset_arg)
+    return spec.base, dict(spec.overrides)
 
 
 def tune(

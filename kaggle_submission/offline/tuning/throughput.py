@@ -26,18 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..capacity import GPUS, NUMINAMATH_7B, ModelShape, parse_hardware
+from ...hardware import GPUS, parse_hardware
+from ..capacity import NUMINAMATH_7B, ModelShape
 from .recorded import Recorded
-
-# Memory bandwidth per GPU in bytes/s (data sheets).
-BANDWIDTH: dict[str, float] = {
-    "t4": 320e9,
-    "p100": 732e9,
-    "l4": 300e9,
-    "a100": 2039e9,
-    "h100": 3350e9,
-    "h200": 4800e9,
-}
 
 
 @dataclass(frozen=True)
@@ -107,8 +98,7 @@ def roofline_table(
 ) -> ThroughputTable:
     """The bandwidth-bound estimate described in the module docstring (an assumption)."""
     gpu, count = parse_hardware(hardware)
-    if gpu not in GPUS or gpu not in BANDWIDTH:
-        raise ValueError(f"no bandwidth figure for {gpu}")
+    bandwidth = GPUS[gpu].bandwidth
     shape = shape or ModelShape.from_config(NUMINAMATH_7B)
     per_engine = count if tensor_parallel else 1
     engines = 1 if tensor_parallel else count
@@ -118,16 +108,16 @@ def roofline_table(
     for c in concurrency:
         in_engine = max(1.0, c / engines)
         step = (weights + in_engine * mean_context * kv) / (
-            BANDWIDTH[gpu] * efficiency
+            bandwidth * efficiency
         ) + step_overhead_s
         rates.append(engines * in_engine / step)
     return ThroughputTable(
         concurrency=tuple(float(c) for c in concurrency),
         tokens_per_s=tuple(rates),
         call_overhead_s=0.05,
-        prefill_tokens_per_s=2000.0 * BANDWIDTH[gpu] / BANDWIDTH["t4"],
+        prefill_tokens_per_s=2000.0 * bandwidth / GPUS["t4"].bandwidth,
         source=(
-            f"roofline ASSUMPTION for {hardware}: {BANDWIDTH[gpu] / 1e9:.0f} GB/s x {efficiency}"
+            f"roofline ASSUMPTION for {hardware}: {bandwidth / 1e9:.0f} GB/s x {efficiency}"
             f" efficiency, {mean_context}-token contexts, {step_overhead_s * 1e3:.0f} ms/step, "
             f"weights {shape.weight_bytes(bits) / 1e9:.1f} GB and KV "
             f"{shape.kv_bytes_per_token() / 1e6:.2f} MB/token from capacity.py; replace with a "

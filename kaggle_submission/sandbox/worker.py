@@ -1,9 +1,10 @@
-"""Template ("zygote") and worker processes of the code sandbox; see ``sandbox.py``.
+"""Template ("zygote") and worker processes of the code sandbox; see the package docstring.
 
-Started by the kernel process as ``python -m kaggle_submission._sandbox_worker <fd> <parent pid>``,
-never imported there. This module uses the standard library only at import time; numpy, sympy and
-mpmath are imported by the template (``preload``), once, so that every worker forked from it starts
-warm (~5 ms) and shares those pages copy-on-write.
+Started by the kernel process as ``python -m kaggle_submission.sandbox.worker <fd> <parent pid>``;
+the kernel process imports it only for its module name. This module uses the standard library only
+at import time (the text it writes for the model comes from ``messages``, stdlib only too); numpy,
+sympy and mpmath are imported by the template (``preload``), once, so that every worker forked from
+it starts warm (~5 ms) and shares those pages copy-on-write.
 
 Protocol (all JSON):
 - kernel <-> template: a SOCK_SEQPACKET socket, one message per request. ``init`` (config) ->
@@ -35,7 +36,23 @@ import traceback
 import types
 from typing import Any
 
-CODE_FILENAME = "<code>"
+from .messages import (
+    CAUSE_SEPARATOR,
+    CODE_FILENAME,
+    CONTEXT_SEPARATOR,
+    EXEC_REFUSED_MESSAGE,
+    FORK_LIMIT_MESSAGE,
+    NESTED_FORK_MESSAGE,
+    SIGNAL_REFUSED_MESSAGE,
+    STR_FAILED_MESSAGE,
+    TRACEBACK_FRAME,
+    TRACEBACK_HEADER,
+    TRACEBACK_LINE,
+    WRITE_REFUSED_MESSAGE,
+    repeated_frames,
+    system_exit_message,
+)
+
 _HEADER = struct.Struct("!I")
 _PR_SET_PDEATHSIG = 1
 _PR_SET_CHILD_SUBREAPER = 36
@@ -184,10 +201,10 @@ def _format_chain(
     cause, context = exc.__cause__, exc.__context__
     if cause is not None and id(cause) not in seen:
         _format_chain(cause, sources, parts, seen)
-        parts.append("\nThe above exception was the direct cause of the following exception:\n\n")
+        parts.append(CAUSE_SEPARATOR)
     elif context is not None and not exc.__suppress_context__ and id(context) not in seen:
         _format_chain(context, sources, parts, seen)
-        parts.append("\nDuring handling of the above exception, another exception occurred:\n\n")
+        parts.append(CONTEXT_SEPARATOR)
     frames: list[tuple[int, str, str | None]] = []
     tb = exc.__traceback__
     while tb is not None:
@@ -201,7 +218,7 @@ def _format_chain(
             frames.append((lineno, code.co_name, line))
         tb = tb.tb_next
     if frames:
-        parts.append("Traceback (most recent call last):\n")
+        parts.append(TRACEBACK_HEADER)
         parts.extend(_format_frames(frames))
     parts.extend(traceback.format_exception_only(type(exc), exc))
 
@@ -214,8 +231,7 @@ def _format_frames(frames: list[tuple[int, str, str | None]]) -> list[str]:
 
     def flush_repeats() -> None:
         if count > _RECURSIVE_CUTOFF:
-            n = count - _RECURSIVE_CUTOFF
-            out.append(f"  [Previous line repeated {n} more time{'s' if n > 1 else ''}]\n")
+            out.append(repeated_frames(count - _RECURSIVE_CUTOFF))
 
     for frame in frames:
         if frame != last:
@@ -225,9 +241,9 @@ def _format_frames(frames: list[tuple[int, str, str | None]]) -> list[str]:
         if count > _RECURSIVE_CUTOFF:
             continue
         lineno, name, line = frame
-        out.append(f'  File "{CODE_FILENAME}", line {lineno}, in {name}\n')
+        out.append(TRACEBACK_FRAME.format(filename=CODE_FILENAME, lineno=lineno, name=name))
         if line:
-            out.append(f"    {line}\n")
+            out.append(TRACEBACK_LINE.format(line=line))
     flush_repeats()
     return out
 
@@ -271,11 +287,9 @@ class _Guard:
                 self._check_kill(args[0])
         elif event == "os.killpg":
             if args[0] not in (0, self.pgid):
-                raise PermissionError(
-                    "the sandbox does not allow signalling processes outside this interpreter"
-                )
+                raise PermissionError(SIGNAL_REFUSED_MESSAGE)
         elif event == "os.exec" and os.getpid() == self.pid:
-            raise PermissionError("the sandbox does not allow replacing the interpreter (os.exec)")
+            raise PermissionError(EXEC_REFUSED_MESSAGE)
 
     def _check_write(self, path: Any) -> None:
         try:
@@ -289,18 +303,14 @@ class _Guard:
         except OSError:
             full = os.path.realpath(p)
         if full != self.root and not full.startswith(self.root + os.sep):
-            raise PermissionError(
-                f"the sandbox allows writing only in the working directory, not {p!r}"
-            )
+            raise PermissionError(WRITE_REFUSED_MESSAGE.format(path=p))
 
     def _check_fork(self) -> None:
         if os.getpid() != self.pid:
-            raise PermissionError("the sandbox does not allow a forked child to fork again")
+            raise PermissionError(NESTED_FORK_MESSAGE)
         self.forks += 1
         if self.forks > self.max_forks:
-            raise PermissionError(
-                f"the sandbox allows at most {self.max_forks} forks per code block"
-            )
+            raise PermissionError(FORK_LIMIT_MESSAGE.format(limit=self.max_forks))
 
     def _check_kill(self, pid: int) -> None:
         me = os.getpid()
@@ -315,9 +325,7 @@ class _Guard:
             stat = _proc_stat(pid)
             if stat is not None and stat[0] == me:
                 return  # our own child that left the group (start_new_session)
-        raise PermissionError(
-            "the sandbox does not allow signalling processes outside this interpreter"
-        )
+        raise PermissionError(SIGNAL_REFUSED_MESSAGE)
 
 
 class _Worker:
@@ -379,14 +387,13 @@ class _Worker:
             exit_code = exc.code
             ok = exc.code is None or exc.code == 0
             if not ok:
-                text = f"SystemExit: {exc.code}" if isinstance(exc.code, int) else str(exc.code)
-                self._print_error(text + "\n")
+                self._print_error(system_exit_message(exc.code) + "\n")
         except BaseException as exc:
             ok, error = False, type(exc).__name__
             try:
                 text = format_exception(exc, self.sources)
             except BaseException:  # a broken __str__ must not take the worker down
-                text = f"{type(exc).__name__}: <exception str() failed>\n"
+                text = STR_FAILED_MESSAGE.format(name=type(exc).__name__)
             self._print_error(text)
         finally:
             self._flush()
