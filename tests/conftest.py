@@ -53,3 +53,18 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     reuse = os.environ.get("KAGGLE_SUBMISSION_TEST_DEMO_CACHE")
     return ensure_demo_model(reuse or tmp_path_factory.getbasetemp() / "demo-cache")
+
+
+@pytest.fixture(scope="session")
+def demo_openmath_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The DEMO model in openmath-tir form (`training.demo --protocol openmath-tir`), trained
+    once per session; KAGGLE_SUBMISSION_TEST_DEMO_CACHE reuses a cache folder as `demo_dir`."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("trl", reason="building the demo model needs trl (requirements-train.txt)")
+    pytest.importorskip("datasets", reason="building the demo model needs datasets")
+    from kaggle_submission.offline.demo import ensure_demo_model
+
+    reuse = os.environ.get("KAGGLE_SUBMISSION_TEST_DEMO_CACHE")
+    cache = reuse or tmp_path_factory.getbasetemp() / "demo-cache"
+    return ensure_demo_model(cache, protocol="openmath-tir")

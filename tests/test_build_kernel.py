@@ -59,7 +59,11 @@ KAGGLE_PATH = {  # what the notebook runs, named here independently of the impor
         "budget",
         "config",
         "presets",
-        "prompts",
+        "protocols/__init__",
+        "protocols/base",
+        "protocols/numina",
+        "protocols/openmath_tir",
+        "protocols/chat_cot",
         "stopping",
         "traces",
         "manifest",
@@ -637,6 +641,81 @@ def test_built_notebook_runs_end_to_end_on_cpu(tmp_path, tiny_model_dir, competi
         if s.get("kind") == "generation"
     )
     assert tokens > 0
+
+
+@pytest.mark.slow
+def test_built_notebook_runs_the_openmath_demo_on_cpu(tmp_path, demo_openmath_dir):
+    """The second protocol through the Kaggle path: the openmath-tir DEMO model attached with a
+    manifest entry whose prompt.format is openmath-tir, the notebook built from the
+    demo-cpu-openmath preset and run on its embedded kit; the model's `<tool_call>` code runs
+    and its boxed copies of the output answer the held-out problems."""
+    pytest.importorskip("nbclient", reason="add nbclient and ipykernel to requirements-dev.txt")
+    pytest.importorskip("ipykernel", reason="add nbclient and ipykernel to requirements-dev.txt")
+    from kaggle_submission.offline.demo import demo_problems
+
+    handle = "tester/demo-openmath/transformers/default/1"
+    inputs = tmp_path / "input"
+    mount = inputs.joinpath("models", *handle.split("/"))
+    shutil.copytree(demo_openmath_dir, mount)
+    entry = mf.entry_from_directory(
+        mount,
+        "demo-openmath-test",
+        kaggle={"kind": "model", "handle": handle},
+        prompt={"format": "openmath-tir"},
+        presets=["demo-cpu-openmath"],
+    )
+    manifest = tmp_path / "weights_manifest.json"
+    mf.Manifest(models={entry.name: entry}).save(manifest)
+    overrides = {
+        "model": entry.name,
+        "backend": "transformers",
+        "backend.device": "cpu",
+        "engine.num_rollouts": 2,
+        "budget.total_s": 300,
+        "budget.startup_reserve_s": 60,
+        "budget.safety_s": 1,
+    }
+    build = bk.build(
+        bk.BuildOptions(
+            preset="demo-cpu-openmath", overrides=overrides, manifest=manifest, owner="tester"
+        ),
+        tmp_path / "kernel",
+    )
+    assert build.metadata["model_sources"] == [handle]
+
+    problems = demo_problems(3, seed=5)
+    with (tmp_path / "test.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "problem", "answer"])
+        writer.writerows((p.id, p.problem, p.answer) for p in problems)
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIMO_", "KAGGLE_"))}
+    env.update(
+        KAGGLE_INPUT_ROOT=str(inputs),
+        AIMO_LOCAL_CSV=str(tmp_path / "test.csv"),
+        AIMO_OUT_DIR=str(out),
+        PYTHONPATH="",
+        OMP_NUM_THREADS="1",
+        TOKENIZERS_PARALLELISM="false",
+    )
+    nb = nbformat.read(tmp_path / "kernel" / build.notebook_name, as_version=4)
+    _execute(nb, work, env)
+    log = _outputs(nb)
+    assert f"kit='{work / 'aimo_kit' / 'kaggle_submission'}'" in log
+    assert "weights: demo-openmath-test" in log
+
+    traces = [json.loads(line) for line in (out / "traces.jsonl").read_text().splitlines()]
+    assert sorted(t["problem_id"] for t in traces) == sorted(p.key for p in problems)
+    assert all(t["error"] is None for t in traces)
+    segments = [s for t in traces for r in t["rollouts"] for s in r["segments"]]
+    executions = [s for s in segments if s.get("kind") == "execution"]
+    assert executions and all("t=" in s["output"] for s in executions)  # <tool_call> code ran
+    generated = "".join(s.get("text", "") for s in segments if s.get("kind") == "generation")
+    assert "<tool_call>" in generated and "</tool_call>" in generated
+    rows = list(csv.DictReader((out / "submission.csv").open()))
+    assert sorted(r["id"] for r in rows) == sorted(p.id for p in problems)
 
 
 @pytest.mark.slow

@@ -11,12 +11,13 @@ import psutil
 import pytest
 
 from kaggle_submission.answers import AIMO1_POLICY
-from kaggle_submission.backends.base import Completion, GenerationRequest
+from kaggle_submission.backends.base import Backend, Completion, GenerationRequest, apply_stop
 from kaggle_submission.backends.replay import ReplayBackend
 from kaggle_submission.backends.scripted import ScriptedBackend, tir_script
 from kaggle_submission.config import EngineConfig, override
 from kaggle_submission.engine import Solver, solve_async
 from kaggle_submission.prompts import format_prompt
+from kaggle_submission.protocols import NUMINA, ChatCoTProtocol, OpenMathTIRProtocol
 from kaggle_submission.sandbox import Sandbox, SandboxConfig
 from kaggle_submission.stopping import NEVER_STOP, ConsensusStop
 from kaggle_submission.traces import (
@@ -434,3 +435,134 @@ def test_solver_hang_grace_comes_from_the_config(sandbox):
     config = EngineConfig(num_rollouts=1, hang_grace_s=7.5)
     with Solver(ScriptedBackend(), sandbox, config) as solver:
         assert solver.hang_grace_s == 7.5
+
+
+# ------------------------------------------------------------------ protocols and long reasoning
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+class WordBackend(Backend):
+    """Generates `script(request)` word by word, honouring max_tokens (one word, one token) and
+    the stop strings, so token budgets are exercised the way a real backend meets them."""
+
+    name = "words"
+
+    def __init__(self, script) -> None:
+        self.script = script
+        self.requests: list[GenerationRequest] = []
+
+    async def generate(self, request: GenerationRequest) -> Completion:
+        self.requests.append(request)
+        text, stop = apply_stop(self.script(request), request.params.stop)
+        words = text.split(" ")
+        reason = "stop" if stop else "eos"
+        if len(words) > request.params.max_tokens:
+            words, reason, stop = words[: request.params.max_tokens], "length", None
+        return Completion(
+            request.request_id,
+            " ".join(words),
+            reason,
+            stop=stop,
+            prompt_tokens=len(request.prompt.split(" ")),
+            completion_tokens=len(words),
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+    def describe(self) -> dict:
+        return {}
+
+
+def _solve(sandbox, backend, config, protocol=NUMINA):
+    return asyncio.run(
+        solve_async(PROBLEM, backend=backend, sandbox=sandbox, config=config, protocol=protocol)
+    )
+
+
+LONG_ANSWER = "\nLet me think " + "hmm " * 30 + "so \\boxed{42}."
+
+
+def _code_then_long_answer(request: GenerationRequest) -> str:
+    return CODE_42 if OUT not in request.prompt else LONG_ANSWER
+
+
+def test_token_budget_ends_the_rollout_unfinished_and_uncounted(sandbox):
+    config = EngineConfig(num_rollouts=1, early_stop=NEVER_STOP, max_tokens_per_rollout=20)
+    backend = WordBackend(_code_then_long_answer)
+    solution = _solve(sandbox, backend, config)
+    (rollout,) = solution.trace.rollouts
+    first = rollout.segments[0]
+    assert [r.params.max_tokens for r in backend.requests] == [20, 20 - first.completion_tokens]
+    assert rollout.status == "unfinished" and rollout.answer is None and rollout.error is None
+    assert rollout.restarts == 0  # numina restarts unfinished attempts, but the budget is spent
+    assert solution.vote.used_fallback and solution.error is None
+    assert solution.stop_reason == "finished"
+    # the same rollout with room to finish answers
+    roomy = _solve(
+        sandbox, WordBackend(_code_then_long_answer), override(config, max_tokens_per_rollout=200)
+    )
+    assert roomy.trace.rollouts[0].status == "answered" and roomy.answer == 42
+
+
+def test_token_budget_counts_restarts(sandbox):
+    # numina restarts an attempt without code; the budget runs across attempts
+    config = EngineConfig(num_rollouts=1, early_stop=NEVER_STOP, max_tokens_per_rollout=25)
+    backend = WordBackend(lambda r: "I guess" + " so" * 9)  # 11 words, never code
+    solution = _solve(sandbox, backend, config)
+    (rollout,) = solution.trace.rollouts
+    assert [r.params.max_tokens for r in backend.requests] == [25, 14, 3]
+    assert (rollout.status, rollout.restarts) == ("unfinished", 2)
+
+
+def test_stop_at_first_answer_takes_the_first_box_after_the_reasoning(sandbox):
+    cot = ChatCoTProtocol(chat_template=CHATML)
+    text = "<think>maybe \\boxed{7}</think>So \\boxed{42}, or rather \\boxed{43}."
+    config = EngineConfig(num_rollouts=1, early_stop=NEVER_STOP)
+    last = _solve(sandbox, WordBackend(lambda r: text), config, cot)
+    first = _solve(
+        sandbox, WordBackend(lambda r: text), override(config, stop_at_first_answer=True), cot
+    )
+    assert (last.answer, first.answer) == (43, 42)
+    assert first.trace.rollouts[0].status == "answered"
+    assert last.trace.prompt == cot.render(PROBLEM, 3)
+
+
+def test_openmath_tir_rules_and_feed(sandbox):
+    tir = OpenMathTIRProtocol(chat_template=CHATML)
+    tool = "Compute.\n<tool_call>\n```python\nprint(6*7)\n```\n</tool_call>"
+
+    def script(request: GenerationRequest) -> str:
+        return tool if "```output" not in request.prompt else "\nSo \\boxed{42}."
+
+    config = EngineConfig(num_rollouts=1, early_stop=NEVER_STOP, max_calls=4)
+    backend = WordBackend(script)
+    solution = _solve(sandbox, backend, config, tir)
+    (rollout,) = solution.trace.rollouts
+    assert (rollout.status, rollout.answer, rollout.executed) == ("answered", 42, 1)
+    assert backend.requests[0].params.stop == ("</tool_call>",)
+    prompt = tir.render(PROBLEM, 3)  # 4 generation calls: 3 code calls announced
+    assert "up to 3 Python code calls" in prompt
+    assert backend.requests[1].prompt == prompt + tool + tir.feed("42\n", 2)
+    assert "Remaining code executions: 2." in backend.requests[1].prompt
+
+    # an answer without any code counts under openmath-tir; numina restarts, then prunes
+    plain = WordBackend(lambda r: "It is \\boxed{41}.")
+    solo = _solve(sandbox, plain, EngineConfig(num_rollouts=1, early_stop=NEVER_STOP), tir)
+    assert (solo.trace.rollouts[0].status, solo.answer, len(plain.requests)) == ("answered", 41, 1)
+    numina = _solve(
+        sandbox,
+        WordBackend(lambda r: "It is \\boxed{41}."),
+        EngineConfig(num_rollouts=1, early_stop=NEVER_STOP),
+    )
+    assert numina.trace.rollouts[0].status == "exhausted" and numina.trace.rollouts[0].restarts == 4
+    # an explicit config switch still overrides the protocol's default
+    strict = override(EngineConfig(num_rollouts=1, early_stop=NEVER_STOP), prune_unexecuted=True)
+    pruned = _solve(sandbox, WordBackend(lambda r: "It is \\boxed{41}."), strict, tir)
+    assert pruned.trace.rollouts[0].status == "pruned"

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import importlib.util
 import json
+import math
 import subprocess
 import sys
 import time
@@ -61,11 +62,12 @@ def request(
     max_tokens: int = 32,
     stop: tuple[str, ...] = (OUTPUT,),
     seed: int | None = None,
+    logprobs: int | None = None,
 ) -> GenerationRequest:
     return GenerationRequest(
         rid,
         prompt,
-        SamplingParams(temperature, 1.0, max_tokens, stop, seed),
+        SamplingParams(temperature, 1.0, max_tokens, stop, seed, logprobs),
         problem_key=key,
         rollout=rollout,
     )
@@ -257,6 +259,9 @@ class StubServer:
                     if last
                     else None,
                 }
+                if body.get("logprobs"):  # one token per chunk, at 3/4 and 1/4 after renormalising
+                    top = {"a": math.log(0.3), "b": math.log(0.1)}
+                    choice["logprobs"] = {"tokens": ["a"], "top_logprobs": [top]}
                 await self._event(writer, {"object": "text_completion", "choices": [choice]})
                 if self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
@@ -321,6 +326,28 @@ def test_stub_completion_keeps_stop_and_reads_usage() -> None:
     assert (
         info["servers"][0]["models"] == ["stub-model"] and info["servers"][0]["flavour"] == "vllm"
     )
+
+
+@needs_httpx
+def test_logprobs_are_asked_and_give_token_entropy() -> None:
+    async def scenario() -> tuple[Completion, Completion, list[dict[str, Any]]]:
+        stub = await StubServer().start()
+        backend = fast_backend(stub.url)
+        try:
+            asked = await backend.generate(request(logprobs=5))
+            plain = await backend.generate(request())
+            return asked, plain, stub.bodies
+        finally:
+            await backend.aclose()
+            await stub.stop()
+
+    asked, plain, bodies = run(scenario())
+    assert bodies[0]["logprobs"] == 5 and "logprobs" not in bodies[1]
+    chunks = len(CODE_TEXT) // 4 + (len(CODE_TEXT) % 4 > 0)
+    assert asked.entropy_tokens == chunks
+    per_token = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
+    assert asked.entropy_sum == pytest.approx(chunks * per_token)
+    assert (plain.entropy_sum, plain.entropy_tokens) == (0.0, 0)
 
 
 @needs_httpx

@@ -101,10 +101,10 @@ def test_find_weights_decides_the_prompt_from_the_entry(tmp_path: Path) -> None:
         mf.Manifest(models={"m": entry}).save(manifest)
         found = mf.find_weights("m", manifest, [root])
         assert found.path == weights and found.entry == entry
-        assert found.prompt.render(PROBLEM) == expected
+        assert found.protocol.render(PROBLEM) == expected
     # a directory outside the manifest: only checked to exist, its own template decides
     outside = mf.find_weights(None, explicit_dir=weights)
-    assert outside.entry is None and outside.prompt == PromptFormat("chat_template", OTHER)
+    assert outside.entry is None and outside.protocol == PromptFormat("chat_template", OTHER)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         mf.find_weights(None, explicit_dir=tmp_path / "missing")
 
@@ -137,7 +137,7 @@ def _sent_prompt(backend: Any, prompt_format: PromptFormat) -> str:
             if hasattr(backend, "start"):
                 await backend.start()
             return await solve_async(
-                PROBLEM, backend=backend, sandbox=box, config=config, prompt_format=prompt_format
+                PROBLEM, backend=backend, sandbox=box, config=config, protocol=prompt_format
             )
         finally:
             await backend.aclose()

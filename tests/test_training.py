@@ -314,6 +314,78 @@ def test_quantize_gptq_8bit_on_cpu(tiny_model_dir: Path, rows_dir: Path, tmp_pat
     )
 
 
+@pytest.mark.slow
+def test_quantize_existing_in_its_protocol_then_fill(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """An existing model's W8A16 recipe: calibration rendered by its protocol (openmath-tir
+    through the model's chat template), desc_act false, fp16, a logit check, and the unfilled
+    manifest entry filled with the files written."""
+    try:
+        import gptqmodel  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        reason = f"gptqmodel is not usable here ({exc}); see training/requirements-quantize.txt"
+        if os.environ.get("KAGGLE_SUBMISSION_REQUIRE_GPTQ"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    from kaggle_submission.protocols import get_protocol
+    from training import quantize_existing as qe
+    from training.synthetic import make_rows
+
+    protocol = get_protocol("openmath-tir", tiny_model_dir)
+    rows = []
+    for r in make_rows(16, seed=3):  # a TIR solution in the model's own form
+        code = f"<tool_call>\n```python\nprint({r['answer']})\n```\n</tool_call>"
+        tail = f"So the answer is $\\boxed{{{r['answer']}}}$."
+        rows.append(
+            {"problem": r["problem"], "solution": code + protocol.feed(str(r["answer"]), 7) + tail}
+        )
+    td.write_jsonl(tmp_path / "tir.jsonl", rows)
+    name = "openmath-nemotron-7b-gptq-w8a16"
+    manifest = tmp_path / "w.json"
+    mf.load_manifest().save(manifest)
+    out = tmp_path / "gptq"
+    cmd = [
+        sys.executable, "-m", "training.quantize_existing",
+        "--config", str(tc.CONFIG_DIR / "quantize_openmath7b.yaml"),
+        "--set", f"model_dir={tiny_model_dir}",
+        "--set", f"output_dir={out}",
+        "--set", f"calibration.sources=[{{path: {tmp_path / 'tir.jsonl'}}}]",
+        "--set", "calibration.num_samples=16",
+        "--set", "calibration.max_length=128",
+        "--set", "device=cpu",
+        "--set", "verify_samples=2",
+        "--set", f"manifest={manifest}",
+    ]  # fmt: skip
+    env = {**os.environ, "GPTQMODEL_CPU_WORKERS": "2", "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    qc = config["quantization_config"]
+    assert (qc["bits"], qc["group_size"], qc["desc_act"], qc["sym"]) == (8, 128, False, True)
+    assert config.get("dtype", config.get("torch_dtype")) == "float16"
+    info = json.loads((out / "quantize_info.json").read_text())
+    assert (
+        info["protocol"] == "openmath-tir" and "render(problem, 8)" in info["calibration"]["prompt"]
+    )
+    assert info["calibration"]["used"] == 16
+    assert info["check"]["top1_agreement"] > 0.8
+    texts = qe.calibration_texts(
+        qe.load_config(
+            qe.QuantizeExistingConfig,
+            tc.CONFIG_DIR / "quantize_openmath7b.yaml",
+            [f"calibration.sources=[{{path: {tmp_path / 'tir.jsonl'}}}]"],
+        ),
+        protocol,
+    )
+    expected = {protocol.render(r["problem"], 8) + r["solution"] for r in rows}
+    assert len(texts) == 16 and set(texts) == expected  # the protocol's prompt, byte for byte
+    entry = mf.load_manifest(manifest).get(name)
+    assert entry.complete and "config.json" in [f.path for f in entry.files]
+    assert entry.quantization is not None and entry.quantization.library == "gptqmodel"
+    assert entry.prompt.format == "openmath-tir"
+    weights = mf.find_weights(name, manifest_path=manifest, explicit_dir=out, check_hashes=True)
+    assert weights.path == out
+
+
 # ------------------------------------------------------------------------------ publish + kernel
 
 

@@ -283,6 +283,20 @@ def test_generate_returns_text_and_token_counts(loop, backend) -> None:
 
 @pytest.mark.slow
 @needs_vllm
+def test_logprobs_give_token_entropy(loop, backend) -> None:
+    """Top-k logprobs asked -> every generated token's top-k entropy, summed (issue 15)."""
+    import math
+
+    asked = gen(loop, backend, rid="lp", temperature=0.0, max_tokens=16, logprobs=5)
+    plain = gen(loop, backend, rid="no", temperature=0.0, max_tokens=16)
+    assert asked.error is None and asked.text == plain.text
+    assert asked.entropy_tokens == asked.completion_tokens == 16
+    assert 0.0 < asked.entropy_sum <= 16 * math.log(5) + 1e-6  # a random model is unsure
+    assert (plain.entropy_sum, plain.entropy_tokens) == (0.0, 0)
+
+
+@pytest.mark.slow
+@needs_vllm
 def test_stop_string_cuts_and_is_kept(loop, backend) -> None:
     greedy = gen(loop, backend, temperature=0.0, max_tokens=64).text
     stop = greedy[20:24]

@@ -5,12 +5,22 @@ Usage::
     python -m training.demo                       # build into the cache the dry run uses
     python -m training.demo --out runs/demo-model # build into a folder (and publish its entry)
     python -m training.demo --evaluate            # accuracy with / without code execution
+    python -m training.demo --protocol openmath-tir   # the same task in openmath-tir form
 
 Building: synthetic TIR rows whose outputs come from running the code -> a byte-level BPE
 tokenizer trained on them (each ``a=7`` one token; spaces are pieces of their own, so the
 prompt's trailing space tokenizes the same in training and at inference) -> a
 random tiny Llama -> `training.sft.train` (the stage-2 code path) -> publish (manifest entry with
 demo: true).
+
+Two protocols (`DemoConfig.protocol`, one config file each): "numina" (the kit's `### Problem:`
+prompt, ```python / ```output fences: training/configs/demo.yaml) and "openmath-tir"
+(training/configs/demo_openmath.yaml): the same task written as OpenMath-Nemotron writes it,
+rendered by `kaggle_submission.protocols`' openmath-tir protocol: a ChatML chat template saved
+with the tokenizer (Qwen2.5's turn markers, no system turn), the NeMo-Skills TIR user turn,
+code in ``<tool_call>`` tags (added tokens, not special, so they stay in decoded text where the
+stop string is matched), the output and remaining-calls note the engine feeds, EOS
+``<|im_end|>``.
 """
 
 from __future__ import annotations
@@ -29,11 +39,11 @@ from pathlib import Path
 from typing import Any
 
 from kaggle_submission.offline.demo import (
-    DEMO_ENTRY_NAME,
-    DEMO_VERSION,
     READY_FILE,
+    demo_entry_name,
     demo_model_dir,
     demo_problems,
+    demo_version,
 )
 
 from .config import CONFIG_DIR, dump_yaml, load_config, stage_parser, to_dict
@@ -41,7 +51,18 @@ from .data import SourceSpec, write_jsonl
 from .sft import SFTStageConfig
 
 DEFAULT_CONFIG = CONFIG_DIR / "demo.yaml"
+CONFIGS = {"numina": DEFAULT_CONFIG, "openmath-tir": CONFIG_DIR / "demo_openmath.yaml"}
+"""The default config of each protocol's demo (`python -m training.demo --protocol NAME`)."""
 PAD, BOS, EOS = "<pad>", "<s>", "</s>"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""Qwen2.5's ChatML turns without its default system turn (a demo needs no persona): the chat
+template the openmath-tir demo's tokenizer carries and the protocol renders."""
 # The problem's "$a=7" gives the piece "a=7", the output's "t=3;u=7" gives "\nt=3" and ";u=7",
 # the code's "a=7" gives "a" and "=7"; each whitespace character, digit, letter run and
 # punctuation run is a piece of its own.
@@ -72,8 +93,13 @@ class DemoConfig:
     tokenizer_vocab_size: BPE vocabulary (bytes + specials + merges).
     model: the tiny Llama. sft: the SFT stage config (model, output_dir and data sources are
     filled in by the build).
+    protocol: the form the model learns, "numina" or "openmath-tir" (kaggle_submission.protocols).
+    max_calls: the demo preset's M (engine calls per rollout); the openmath-tir prompt
+        announces `engine.code_calls` of them (M - 1) as the kernel renders it.
     """
 
+    protocol: str = "numina"
+    max_calls: int = 3
     train_rows: int = 3000
     seed: int = 0
     threads: int = 2
@@ -82,10 +108,23 @@ class DemoConfig:
     sft: SFTStageConfig = field(default_factory=SFTStageConfig)
 
 
-def train_tokenizer(texts: Sequence[str], vocab_size: int, max_length: int) -> Any:
+def train_tokenizer(
+    texts: Sequence[str], vocab_size: int, max_length: int, chat_template: str | None = None
+) -> Any:
     """A byte-level BPE fitted to `texts` (every ``a=7``-style name and digit one token), BOS
-    prepended, no chat template (the kernel then uses its numina prompt)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    prepended. No `chat_template`: the kernel then uses its numina prompt. With one (ChatML):
+    ``<|im_start|>``/``<|im_end|>`` special (EOS ``<|im_end|>``), ``<tool_call>`` and
+    ``</tool_call>`` added as whole, non-special tokens, the template saved with it."""
+    from tokenizers import (
+        AddedToken,
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
@@ -99,7 +138,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, max_length: int) -> A
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
-        special_tokens=[PAD, BOS, EOS],
+        special_tokens=[PAD, BOS, EOS, *([IM_START, IM_END] if chat_template else [])],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -117,13 +156,20 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int, max_length: int) -> A
     tok.post_processor = processors.TemplateProcessing(
         single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
     )
+    if chat_template:
+        from kaggle_submission.protocols.openmath_tir import TOOL_CLOSE, TOOL_OPEN
+
+        tok.add_tokens(
+            [AddedToken(t, special=False, normalized=False) for t in (TOOL_OPEN, TOOL_CLOSE)]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
-        eos_token=EOS,
+        eos_token=IM_END if chat_template else EOS,
         pad_token=PAD,
         model_max_length=max_length,
         clean_up_tokenization_spaces=False,
+        **({"chat_template": chat_template} if chat_template else {}),
     )
 
 
@@ -194,26 +240,88 @@ def _compositional_embeddings(model: Any, tokenizer: Any) -> None:
                 emb[index] = emb[digit_id(text[1])] + 0.1 * emb[index]
 
 
-def publish_demo(model_dir: str | Path, manifest_path: str | Path) -> Any:
-    """Write the demo's manifest entry (demo: true) for `model_dir` into `manifest_path`."""
+DEMO_PRESETS = {"numina": "demo-cpu", "openmath-tir": "demo-cpu-openmath"}
+
+
+def publish_demo(model_dir: str | Path, manifest_path: str | Path, protocol: str = "numina") -> Any:
+    """Write `protocol`'s demo manifest entry (demo: true) for `model_dir` into `manifest_path`."""
+    from kaggle_submission import manifest as mf
+
     from .publish import publish_directory
 
-    return publish_directory(
+    numina = protocol == "numina"
+    entry = publish_directory(
         Path(model_dir),
-        name=DEMO_ENTRY_NAME,
+        name=demo_entry_name(protocol),
         manifest_path=manifest_path,
         description=(
-            f"DEMO model {DEMO_VERSION}: 2-layer 128-wide Llama trained from scratch on "
-            "synthetic TIR arithmetic (training/configs/demo.yaml); not a competition model. "
-            "Built locally by `python -m training.demo`; sha256 values are those of the "
-            "reference build (a different CPU may round differently; sizes always match)."
+            f"DEMO model {demo_version(protocol)}: 2-layer 128-wide Llama trained from scratch on "
+            "synthetic TIR arithmetic "
+            + (
+                "(training/configs/demo.yaml)"
+                if numina
+                else "in openmath-tir form (training/configs/demo_openmath.yaml)"
+            )
+            + "; not a competition model. Built locally by `python -m training.demo"
+            + ("" if numina else f" --protocol {protocol}")
+            + "`; sha256 values are those of the reference build (a different CPU may round "
+            "differently; sizes always match)."
         ),
-        kaggle={"kind": "dataset", "handle": "kaggle-submission/aimo-demo-model"},
+        kaggle={
+            "kind": "dataset",
+            "handle": "kaggle-submission/aimo-demo-model" + ("" if numina else "-openmath"),
+        },
         quantization=None,
-        presets=["demo-cpu"],
+        presets=[DEMO_PRESETS[protocol]],
         demo=True,
         write_kaggle_metadata=False,
     )
+    if entry.prompt.format != protocol:  # publish detects numina / chat_template only
+        entry = dataclasses.replace(entry, prompt=mf.PromptSpec(format=protocol))
+        mf.load_manifest(manifest_path).with_entry(entry).save(manifest_path)
+    return entry
+
+
+def demo_protocol(name: str) -> Any:
+    """The `kaggle_submission.protocols` protocol the demo is written in: numina as the kernel
+    renders it, openmath-tir with the demo's ChatML template (what the kernel decides from the
+    saved tokenizer)."""
+    from kaggle_submission.protocols import NUMINA, OpenMathTIRProtocol
+
+    if name == "numina":
+        return NUMINA
+    if name == "openmath-tir":
+        return OpenMathTIRProtocol(chat_template=CHATML_TEMPLATE)
+    raise ValueError(f"the demo has no {name!r} form (numina or openmath-tir)")
+
+
+def announced_calls(max_calls: int) -> int:
+    """The code calls the kernel's openmath-tir prompt announces for `max_calls` engine calls
+    (`engine.code_calls`: the last call reads the last output), so training text and the
+    kernel's prompt say the same number."""
+    from kaggle_submission.config import EngineConfig
+    from kaggle_submission.engine import code_calls
+
+    return code_calls(EngineConfig(max_calls=max_calls))
+
+
+def sft_problem(problem: str, code_calls: int) -> str:
+    """The row's `problem` for training's SFT stage, which renders it as the user turn of the
+    tokenizer's chat template: the openmath-tir user turn (instructions, then the problem)."""
+    from kaggle_submission.protocols.openmath_tir import user_turn
+
+    return user_turn(problem, code_calls)
+
+
+def _check_sft_text(row: dict[str, Any], template: str, expected: str) -> None:
+    """SFT must train on exactly the text the engine builds (the protocol's prompt + solution)."""
+    from .data import render
+
+    got = render(row["problem"], row["solution"], template)
+    if got != expected:
+        raise RuntimeError(
+            f"training would render {got[:200]!r}... but the protocol renders {expected[:200]!r}"
+        )
 
 
 def build_demo_model(
@@ -234,16 +342,24 @@ def build_demo_model(
     out = Path(out_dir)
     t0 = time.monotonic()
     torch.set_num_threads(cfg.threads)
+    protocol = demo_protocol(cfg.protocol)
+    template = protocol.chat_template
     with tempfile.TemporaryDirectory(prefix="demo-build-") as tmp:
         work = Path(tmp)
-        rows = synthetic.make_rows(cfg.train_rows, cfg.seed, held_out=False)
+        calls = announced_calls(cfg.max_calls)
+        rows = synthetic.make_rows(
+            cfg.train_rows, cfg.seed, held_out=False, protocol=protocol, code_calls=calls
+        )
+        texts = [protocol.render(r["problem"], calls) + r["solution"] for r in rows]
+        if template:
+            rows = [{**r, "problem": sft_problem(r["problem"], calls)} for r in rows]
+            _check_sft_text(rows[0], template, texts[0])
         data_file = write_jsonl(work / "data" / "train.jsonl", rows)
         t_data = time.monotonic() - t0
 
-        from .data import render
-
-        texts = [render(r["problem"], r["solution"]) for r in rows]
-        tokenizer = train_tokenizer(texts, cfg.tokenizer_vocab_size, cfg.model.max_position)
+        tokenizer = train_tokenizer(
+            texts, cfg.tokenizer_vocab_size, cfg.model.max_position, template
+        )
         init_model(cfg.model, tokenizer, work / "init")
 
         stage = dataclasses.replace(
@@ -261,8 +377,9 @@ def build_demo_model(
             shutil.rmtree(out)
         shutil.copytree(result.final_dir, out)
     record: dict[str, Any] = {
-        "version": DEMO_VERSION,
+        "version": demo_version(cfg.protocol),
         "what": "DEMO model: tiny Llama trained from scratch on synthetic TIR arithmetic",
+        "protocol": cfg.protocol,
         "train_rows": cfg.train_rows,
         "data_seconds": round(t_data, 2),
         "train_seconds": round(t_train, 2),
@@ -274,7 +391,7 @@ def build_demo_model(
         "config": to_dict(cfg),
     }
     if manifest_path is not None:
-        publish_demo(out, manifest_path)
+        publish_demo(out, manifest_path, cfg.protocol)
     (out / READY_FILE).write_text(json.dumps(record, indent=2, default=str) + "\n")
     return record
 
@@ -296,6 +413,7 @@ async def _evaluate_async(
     rollouts: int,
     max_tokens: int,
     seed: int,
+    protocol: Any,
 ) -> dict[str, Any]:
     from kaggle_submission.answers import AIMO1_POLICY
     from kaggle_submission.config import EngineConfig
@@ -325,6 +443,7 @@ async def _evaluate_async(
                 config=config,
                 policy=AIMO1_POLICY,
                 problem_id=p.key,
+                protocol=protocol,
             )
             for p in problems
         )
@@ -360,14 +479,20 @@ def evaluate(
     modes: Sequence[str] = MODES,
     seed: int = 0,
     max_tokens: int = 96,
+    protocol: str = "numina",
 ) -> list[dict[str, Any]]:
     """Accuracy of the model on held-out demo problems through the kernel's engine, per mode.
 
     Single-sample and majority accuracy are the dry-run report's (`report.summarize`): the
     share of correct rollouts (expected accuracy of one sample), and the engine's vote.
+    `protocol` is the manifest format the model speaks, decided from its directory as the
+    kernel does.
     """
     from kaggle_submission.backends import create_backend
+    from kaggle_submission.protocols import decide_protocol
     from kaggle_submission.sandbox import Sandbox, SandboxConfig
+
+    speaks = decide_protocol(protocol, model_dir)
 
     problems = demo_problems(n_problems, seed)
     results = []
@@ -379,7 +504,9 @@ def evaluate(
                     raise ValueError(f"unknown mode {mode!r}: choose from {MODES}")
                 t0 = time.monotonic()
                 res = asyncio.run(
-                    _evaluate_async(backend, sandbox, problems, mode, rollouts, max_tokens, seed)
+                    _evaluate_async(
+                        backend, sandbox, problems, mode, rollouts, max_tokens, seed, speaks
+                    )
                 )
                 res["seconds"] = round(time.monotonic() - t0, 1)
                 results.append(res)
@@ -403,7 +530,15 @@ def format_results(results: Sequence[dict[str, Any]]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = stage_parser("Build (and evaluate) the DEMO model", str(DEFAULT_CONFIG))
+    parser = stage_parser("Build (and evaluate) the DEMO model")
+    parser.add_argument(
+        "--protocol",
+        choices=sorted(CONFIGS),
+        default="numina",
+        help="the form the model learns (default numina; its config: "
+        + ", ".join(f"{k}: {v.name}" for k, v in CONFIGS.items())
+        + ")",
+    )
     parser.add_argument("--out", help="build into this folder instead of the cache")
     parser.add_argument("--manifest", help="publish the entry here (default: next to the model)")
     parser.add_argument("--evaluate", action="store_true", help="evaluate instead of building")
@@ -412,26 +547,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rollouts", type=int, default=8)
     parser.add_argument("--modes", default=",".join(MODES))
     args = parser.parse_args(argv)
-    cfg = load_config(DemoConfig, args.config, args.overrides)
+    cfg = load_config(DemoConfig, args.config or CONFIGS[args.protocol], args.overrides)
+    if cfg.protocol != args.protocol:
+        parser.error(f"config {args.config} is for protocol {cfg.protocol}, not {args.protocol}")
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
     if args.evaluate:
         from kaggle_submission.offline.demo import ensure_demo_model
 
-        model_dir = Path(args.model_dir) if args.model_dir else ensure_demo_model()
-        results = evaluate(model_dir, args.problems, args.rollouts, args.modes.split(","))
-        print("DEMO model on held-out synthetic problems (kernel engine, transformers backend):")
+        model_dir = (
+            Path(args.model_dir) if args.model_dir else ensure_demo_model(protocol=cfg.protocol)
+        )
+        results = evaluate(
+            model_dir,
+            args.problems,
+            args.rollouts,
+            args.modes.split(","),
+            protocol=cfg.protocol,
+        )
+        print(
+            f"DEMO model ({cfg.protocol}) on held-out synthetic problems "
+            "(kernel engine, transformers backend):"
+        )
         print(format_results(results))
         print(json.dumps(results))
         return 0
-    out = Path(args.out) if args.out else demo_model_dir()
+    out = Path(args.out) if args.out else demo_model_dir(protocol=cfg.protocol)
     manifest = Path(args.manifest) if args.manifest else out.parent / "weights_manifest.json"
-    print("building the DEMO model (a tiny Llama, synthetic arithmetic) ...", file=sys.stderr)
+    print(
+        f"building the DEMO model (a tiny Llama, synthetic arithmetic, {cfg.protocol}) ...",
+        file=sys.stderr,
+    )
     record = build_demo_model(out, manifest_path=manifest, config=cfg)
     print(
         f"DEMO model ready in {out} (trained {record['train_seconds']} s, "
-        f"loss {record['train_loss']}); entry '{DEMO_ENTRY_NAME}' written to {manifest}"
+        f"loss {record['train_loss']}); entry '{demo_entry_name(cfg.protocol)}' written to "
+        f"{manifest}"
     )
     return 0
 

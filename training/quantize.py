@@ -115,8 +115,16 @@ def _library_version() -> str:
     return version("gptqmodel")
 
 
-def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
-    """Quantize `model_dir` into `output_dir`; returns (and writes) quantize_info.json."""
+def quantize(
+    cfg: QuantizeConfig,
+    texts: Sequence[str] | None = None,
+    prompt_note: str = "kaggle_submission.prompts.format_prompt + solution",
+) -> dict[str, Any]:
+    """Quantize `model_dir` into `output_dir`; returns (and writes) quantize_info.json.
+
+    `texts`: calibration texts already rendered (training.quantize_existing renders them in
+    the model's own protocol); None renders `cfg.calibration` in the kernel's numina format.
+    `prompt_note` records how they were rendered."""
     import torch
 
     device = cfg.device or ("cuda:0" if torch.cuda.is_available() else "cpu")
@@ -131,7 +139,8 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
     t0 = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(str(src))
     template = getattr(tokenizer, "chat_template", None) or None
-    texts = calibration_texts(cfg, template)
+    if texts is None:
+        texts = calibration_texts(cfg, template)
     calibration = []
     for text in texts:
         enc = tokenizer(text, truncation=True, max_length=cfg.calibration.max_length)
@@ -167,7 +176,7 @@ def quantize(cfg: QuantizeConfig) -> dict[str, Any]:
             **to_dict(cfg.calibration),
             "used": len(calibration),
             "tokens": sum(len(c["input_ids"]) for c in calibration),
-            "prompt": "kaggle_submission.prompts.format_prompt + solution",
+            "prompt": prompt_note,
         },
         "quantization_config": {k: v for k, v in qc.items() if k != "meta"},
         "dtype": config.get("dtype") or config.get("torch_dtype"),
@@ -219,26 +228,41 @@ def compare_logits(
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = stage_parser("GPTQ quantization (GPTQModel)")
+def gptq_main(
+    argv: Sequence[str] | None,
+    description: str,
+    config_type: Any,
+    run: Any,
+    report: Any = None,
+) -> int:
+    """The command line of a GPTQ stage: config, `--print-config`, a clear exit when gptqmodel
+    is missing, then `run(cfg)`'s figures; `report(cfg, info)` prints what the stage adds."""
+    parser = stage_parser(description)
     args = parser.parse_args(argv)
-    cfg = load_config(QuantizeConfig, args.config, args.overrides)
+    cfg = load_config(config_type, args.config, args.overrides)
     if args.print_config:
         print(dump_yaml(cfg), end="")
         return 0
     try:
         import gptqmodel  # noqa: F401
     except ImportError:
+        command = Path(parser.prog).stem
         print(
-            "quantize needs gptqmodel: pip install -r training/requirements-quantize.txt",
+            f"{command} needs gptqmodel: pip install -r training/requirements-quantize.txt",
             file=sys.stderr,
         )
         return 2
-    info = quantize(cfg)
+    info = run(cfg)
     print(json.dumps({k: info[k] for k in ("quantization_config", "seconds", "device")}))
     if "check" in info:
         print(json.dumps({"check": info["check"]}))
+    if report is not None:
+        report(cfg, info)
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return gptq_main(argv, "GPTQ quantization (GPTQModel)", QuantizeConfig, quantize)
 
 
 if __name__ == "__main__":

@@ -3,8 +3,11 @@
 Why real output: the model must learn to copy what the interpreter printed into its answer, so
 every ```output block is produced by running the block (in a separate interpreter, never in this
 process), and a row is kept only if that output equals the exact answer. The text is laid out
-exactly as the kernel builds a rollout's context: the model writes up to the stop string
-"```output", the engine appends `format_output_block(output)`, the model boxes the result.
+exactly as the kernel builds a rollout's context, in the demo's protocol: numina (the model
+writes up to the stop string "```output", the engine appends `format_output_block(output)`) or
+openmath-tir (the model writes ``<tool_call>`` + a ```python fence up to the stop string
+``</tool_call>``, the engine appends the protocol's `feed(output, calls_left)`: the output block
+and the remaining-calls note); then the model boxes the result.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 
 from kaggle_submission.offline.demo import DemoTask, generate_tasks
 from kaggle_submission.prompts import CODE_FENCE, OUTPUT_FENCE, format_output_block
+from kaggle_submission.protocols import Protocol
+from kaggle_submission.protocols.openmath_tir import TOOL_CLOSE, TOOL_OPEN
 
 _EXPR = {
     "mod97": "(1000*a+100*b+10*c+d)%97",
@@ -44,6 +49,21 @@ def tir_solution(task: DemoTask, output: str) -> str:
         f"{CODE_FENCE}\n{task_code(task)}```\n{OUTPUT_FENCE}{format_output_block(output)}"
         f"\nSo the answer is $\\boxed{{{tens}*10+{units}}}$."
     )
+
+
+def _boxed(output: str) -> str:
+    """``t=3;u=7`` -> ``So the answer is $\\boxed{3*10+7}$.``"""
+    tens, units = (part.split("=")[1] for part in output.strip().split(";"))
+    return f"So the answer is $\\boxed{{{tens}*10+{units}}}$."
+
+
+def openmath_tir_solution(task: DemoTask, output: str, protocol: Protocol, code_calls: int) -> str:
+    """The solution in openmath-tir form: the code in a ```python fence inside ``<tool_call>``
+    tags (the stop string ``</tool_call>`` kept), then exactly what the engine feeds back after
+    one call (`protocol.feed`: the real output and the note with ``code_calls - 1`` calls left),
+    then the boxed result copied from the output."""
+    call = f"{TOOL_OPEN}\n{CODE_FENCE}\n{task_code(task)}```\n{TOOL_CLOSE}"
+    return call + protocol.feed(output, code_calls - 1) + _boxed(output)
 
 
 _RUNNER = r"""
@@ -80,8 +100,21 @@ def run_blocks(codes: Sequence[str], timeout_s: float = 600.0) -> list[str]:
     return outputs
 
 
-def make_rows(n: int, seed: int, held_out: bool = False) -> list[dict[str, Any]]:
-    """`n` rows {problem, solution, answer, kind}; each output was printed by running the code."""
+def make_rows(
+    n: int,
+    seed: int,
+    held_out: bool = False,
+    protocol: Protocol | None = None,
+    code_calls: int = 2,
+) -> list[dict[str, Any]]:
+    """`n` rows {problem, solution, answer, kind}; each output was printed by running the code.
+
+    `protocol` None or numina: the numina solution text; openmath-tir: `openmath_tir_solution`
+    with `code_calls` (the number the prompt announces; the note says one fewer are left).
+    """
+    if protocol is not None and protocol.name not in ("numina", "openmath-tir"):
+        raise ValueError(f"the demo has no {protocol.name!r} form (numina or openmath-tir)")
+    openmath = protocol is not None and protocol.name == "openmath-tir"
     tasks = generate_tasks(n, seed, held_out=held_out)
     outputs = run_blocks([task_code(t) for t in tasks])
     rows = []
@@ -93,7 +126,11 @@ def make_rows(n: int, seed: int, held_out: bool = False) -> list[dict[str, Any]]
         rows.append(
             {
                 "problem": task.problem,
-                "solution": tir_solution(task, output),
+                "solution": (
+                    openmath_tir_solution(task, output, protocol, code_calls)
+                    if openmath and protocol is not None
+                    else tir_solution(task, output)
+                ),
                 "answer": task.answer,
                 "kind": task.kind,
             }

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import abc
 import hashlib
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -42,6 +43,13 @@ class SamplingParams:
     max_tokens: int = 2048
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # top-k log-probabilities per generated token (None: not asked). A backend that honours it
+    # fills Completion.entropy_sum/entropy_tokens with `topk_entropy` of each token's top k.
+    logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.logprobs is not None and self.logprobs < 1:
+            raise ValueError(f"logprobs must be >= 1 or None, got {self.logprobs}")
 
 
 @dataclass(frozen=True)
@@ -80,6 +88,10 @@ class Completion:
     seconds: float = 0.0
     error: str | None = None
     failure: FailureKind | None = None
+    # with params.logprobs: the sum over generated tokens of `topk_entropy`, and how many
+    # tokens it covers (0: not measured, e.g. not asked or a backend without logprobs)
+    entropy_sum: float = 0.0
+    entropy_tokens: int = 0
 
     @classmethod
     def failed(
@@ -199,6 +211,24 @@ def classify_exception(exc: BaseException, default: FailureKind = "request") -> 
     if names & _DEAD_TYPES:
         return "engine_dead"
     return failure_from_message(str(exc)) or default
+
+
+def topk_entropy(logprobs: Iterable[float], k: int | None = None) -> float:
+    """Entropy (nats) of one token's top-k distribution, renormalised: -sum p log p.
+
+    Why renormalised: a backend returns only the k most likely tokens' log-probabilities,
+    so their probabilities are rescaled to sum to 1; the result lies in [0, log k]. `k` keeps
+    the k largest (vLLM adds the sampled token when it falls outside the top k); None: all.
+    """
+    values = sorted((float(v) for v in logprobs if math.isfinite(float(v))), reverse=True)
+    if k is not None:
+        values = values[:k]
+    if len(values) < 2:
+        return 0.0
+    top = values[0]
+    weights = [math.exp(v - top) for v in values]
+    total = math.fsum(weights)
+    return max(0.0, -math.fsum(w / total * math.log(w / total) for w in weights if w > 0))
 
 
 def problem_key(prompt: str) -> str:

@@ -13,7 +13,9 @@ list, keeping the stop string: vLLM's `include_stop_str_in_output`, SGLang's `no
 trimmed the stop anyway gets it appended again from the final chunk's `stop_reason` (vLLM) or
 `matched_stop` (SGLang). Finish reasons: "stop" with a stop string -> "stop", without (EOS or a
 stop token) -> "eos", "length" -> "length". Token counts come from the final `usage` chunk
-(stream_options.include_usage), or the number of text chunks when a server sends none.
+(stream_options.include_usage), or the number of text chunks when a server sends none. With
+`SamplingParams.logprobs` = k the request asks `logprobs: k` and each streamed token's
+`top_logprobs` entry gives its top-k entropy (`base.topk_entropy`), summed into the Completion.
 
 Cancelling. The stream is read inside the awaiting task: cancelling it closes the connection,
 and vLLM aborts a request whose client went away (checked by the tests through /metrics).
@@ -59,6 +61,7 @@ from .base import (
     GenerationRequest,
     apply_stop,
     failure_from_message,
+    topk_entropy,
 )
 
 if TYPE_CHECKING:
@@ -209,7 +212,7 @@ class OpenAIBackend(Backend):
     api_key: sent as a bearer token (vLLM's --api-key).
     expected_model: the model every server must serve (checked at start); defaults to `model`.
     tokenizer_dir: the local copy of the served model's directory, recorded in `describe` (the
-        prompt format is decided from it before the backend is built: `prompts.decide_prompt`).
+        prompt format is decided from it before the backend is built: `protocols.decide_protocol`).
     probe_interval_s: how long a failed server stays out before it is probed again.
     connect_timeout_s: connection (and start-up probe) timeout.
     affinity_slack: how much busier a rollout's previous server may be and still get its call.
@@ -515,6 +518,8 @@ class OpenAIBackend(Backend):
         }
         if params.seed is not None:
             body["seed"] = int(params.seed)
+        if params.logprobs is not None:
+            body["logprobs"] = int(params.logprobs)
         if params.stop:
             body["stop"] = list(params.stop)
             if server.flavour in ("vllm", "unknown"):
@@ -551,6 +556,8 @@ class OpenAIBackend(Backend):
         finish: str | None = None
         stop_reason: Any = None
         usage: dict[str, Any] | None = None
+        k = request.params.logprobs
+        entropy_sum, entropy_tokens = 0.0, 0
         try:
             async with self._client.stream("POST", url, json=self._body(server, request)) as resp:
                 if resp.status_code != 200:
@@ -579,6 +586,11 @@ class OpenAIBackend(Backend):
                         if piece:
                             pieces.append(piece)
                             chunks += 1
+                        if k is not None:
+                            for top in (choice.get("logprobs") or {}).get("top_logprobs") or ():
+                                if top:
+                                    entropy_sum += topk_entropy(top.values(), k)
+                                    entropy_tokens += 1
                         if choice.get("finish_reason"):
                             finish = choice["finish_reason"]
                             stop_reason = choice.get("stop_reason")
@@ -612,6 +624,8 @@ class OpenAIBackend(Backend):
             completion_tokens=completion_tokens,
             seconds=time.perf_counter() - t0,
             error=None if reason != "error" else f"{url}: finish_reason {finish!r}",
+            entropy_sum=entropy_sum,
+            entropy_tokens=entropy_tokens,
         )
 
     def _error(self, request: GenerationRequest, t0: float, message: str) -> Completion:

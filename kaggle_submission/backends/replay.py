@@ -87,6 +87,8 @@ class ReplayBackend(Backend):
             completion_tokens=segment.completion_tokens,
             seconds=time.monotonic() - start,
             error=segment.error,
+            entropy_sum=segment.entropy_sum,  # the recorded confidence replays with the text
+            entropy_tokens=segment.entropy_tokens,
         )
 
     async def aclose(self) -> None:

@@ -32,6 +32,11 @@ random 1.1B Llama on an H200: greedy rows alone vs. in a 48-row batch agreed on 
 16-97 characters; peaked real-model distributions flip less often). Seeds give reproducible
 sampling, not bit-exact replay across batch compositions.
 
+Confidence: with `SamplingParams.logprobs` = k, each sampled token's entropy is taken over the
+k largest logits of its step, renormalised (`_topk_entropies`, the same quantity as
+`base.topk_entropy` on vLLM's top-k log-probabilities). Like vLLM's default "raw_logprobs", the
+distribution is the model's own, before temperature and top-p; the sums go to the Completion.
+
 Text is detokenized incrementally (a window of a few tokens, vLLM/TGI style, holding back
 incomplete UTF-8); stop strings are matched on the text, kept, and the text is cut right after
 the earliest one (`apply_stop`), like vLLM's include_stop_str_in_output.
@@ -104,6 +109,9 @@ class _Row:
     length: int = 0  # real tokens of this row in the KV cache
     next_token: int = -1  # sampled, not yet fed to the model
     done: bool = False
+    logprobs: int | None = None  # top-k for the entropy (None: not measured)
+    entropy_sum: float = 0.0
+    entropy_tokens: int = 0
 
 
 class TransformersBackend(Backend):
@@ -463,6 +471,7 @@ class TransformersBackend(Backend):
             detok_ids=list(context),
             prefix_offset=0,
             read_offset=len(context),
+            logprobs=params.logprobs,
         )
 
     def _merge(self, rows: list[_Row], cache: Any) -> None:
@@ -549,6 +558,13 @@ class TransformersBackend(Backend):
             logits = logits[torch.tensor(live, device=logits.device)]
             rows = [rows[i] for i in live]
         chosen = _sample(torch, logits, rows).tolist()
+        measured = [i for i, r in enumerate(rows) if r.logprobs]
+        if measured:
+            sub = logits.index_select(0, torch.tensor(measured, device=logits.device))
+            ks = [int(rows[i].logprobs or 0) for i in measured]
+            for i, entropy in zip(measured, _topk_entropies(torch, sub, ks), strict=True):
+                rows[i].entropy_sum += entropy
+                rows[i].entropy_tokens += 1
         for row, token in zip(rows, chosen, strict=True):
             self._advance(row, int(token))
 
@@ -622,6 +638,8 @@ class TransformersBackend(Backend):
                 prompt_tokens=row.prompt_tokens,
                 completion_tokens=row.completion_tokens,
                 seconds=time.perf_counter() - req.submitted,
+                entropy_sum=row.entropy_sum,
+                entropy_tokens=row.entropy_tokens,
             ),
         )
 
@@ -750,6 +768,24 @@ def _sample(torch: Any, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
     out = greedy.clone()
     out[idx] = pick.squeeze(1)
     return out.cpu()
+
+
+def _topk_entropies(torch: Any, logits: torch.Tensor, ks: list[int]) -> list[float]:
+    """Per row, the entropy (nats) of the softmax over its k largest logits (k per row).
+
+    Softmax is shift-invariant, so renormalising the top-k probabilities is the softmax of
+    the top-k logits: no full log-softmax over the vocabulary is needed.
+    """
+    kmax = min(max(ks), logits.shape[-1])
+    top = logits.float().topk(kmax, dim=-1).values  # descending
+    keep = (
+        torch.arange(kmax, device=top.device)[None, :]
+        < torch.tensor(ks, device=top.device)[:, None]
+    )
+    top = top.masked_fill(~keep, float("-inf"))
+    logp = torch.log_softmax(top, dim=-1)
+    terms = torch.where(keep & torch.isfinite(logp), logp.exp() * logp, torch.zeros_like(logp))
+    return (-terms.sum(dim=-1)).clamp(min=0.0).tolist()
 
 
 def _resolve_device(device: str) -> torch.device:

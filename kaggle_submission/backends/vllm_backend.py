@@ -22,7 +22,9 @@ string; vLLM's "stop" without a stop string is EOS ("eos"); "length" when max_to
 max_model_len ran out. Cancelling the awaiting task aborts the request in the engine explicitly
 and re-raises CancelledError. Other failures become finish_reason "error" with a message, except
 a dead engine core, which raises `VLLMEngineDead` (every later request would fail too): the
-caller should `await backend.aclose()` and build a new backend.
+caller should `await backend.aclose()` and build a new backend. With `SamplingParams.logprobs`
+= k the engine returns each token's top-k log-probabilities and the Completion carries their
+summed top-k entropy (`vllm_compat.read_output`).
 
 Layouts. "tensor_parallel" (default): one engine over `num_gpus` GPUs. On 2xT4 this is the right
 one: a 7B model without GQA needs ~0.5 MB of fp16 KV cache per token, and TP halves both the
@@ -392,6 +394,7 @@ class VLLMBackend(Backend):
                 max_tokens=params.max_tokens,
                 stop=tuple(params.stop),
                 seed=int(seed),
+                logprobs=params.logprobs,
             )
         except Exception as exc:  # a rejected parameter: this request only
             return self._error(request, t0, exc)
@@ -412,7 +415,7 @@ class VLLMBackend(Backend):
         finally:
             self._in_flight.pop(request_id, None)
             spreader.release(index)
-        raw = read_output(out)
+        raw = read_output(out, params.logprobs)
         finish, stop = map_finish(raw.finish_reason, raw.stop_reason)
         stats = self._stats
         stats["completed"] += 1
@@ -430,6 +433,8 @@ class VLLMBackend(Backend):
             completion_tokens=raw.completion_tokens,
             seconds=time.perf_counter() - t0,
             error=None if finish != "error" else f"vLLM finish_reason {raw.finish_reason!r}",
+            entropy_sum=raw.entropy_sum,
+            entropy_tokens=raw.entropy_tokens,
         )
 
     def describe(self) -> dict[str, Any]:

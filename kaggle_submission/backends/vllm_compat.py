@@ -22,6 +22,11 @@ keyed on version strings:
   of that name exists in all three, so that is what is used.
 * ``AsyncLLM.abort(..., internal=)`` and ``shutdown(timeout=)`` are newer than 0.11.2: called
   with the request id / no argument only.
+* Logprobs: ``SamplingParams(logprobs=k)`` gives each ``CompletionOutput.logprobs`` position
+  as a ``{token_id: Logprob}`` mapping (the k most likely tokens, plus the sampled one when it
+  is not among them) in all three releases; only ``Logprob.logprob`` is read. They are the
+  model's raw distribution (``logprobs_mode`` "raw_logprobs", the default), before
+  temperature and top-p.
 * A raw text prompt is deprecated in 0.19.1 and 0.32.0 (one warning) but accepted; the
   replacement (``Renderer.render_cmpl``) does not exist in 0.11.2.
 
@@ -44,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # annotations only: tests/test_vllm_contract.py reads them
     from vllm.config import CacheConfig, ParallelConfig, VllmConfig
     from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.logprobs import Logprob
     from vllm.outputs import CompletionOutput, RequestOutput
     from vllm.sampling_params import SamplingParams
     from vllm.v1.engine.async_llm import AsyncLLM
@@ -138,6 +144,7 @@ REQUIRED_API: tuple[ApiRef, ...] = (
                 "seed",
                 "include_stop_str_in_output",
                 "output_kind",
+                "logprobs",
             )
         },
         imported=True,
@@ -152,8 +159,9 @@ REQUIRED_API: tuple[ApiRef, ...] = (
     ApiRef(
         "vllm.outputs",
         "CompletionOutput",
-        attrs=("text", "token_ids", "finish_reason", "stop_reason"),
+        attrs=("text", "token_ids", "finish_reason", "stop_reason", "logprobs"),
     ),
+    ApiRef("vllm.logprobs", "Logprob", attrs=("logprob",)),
     ApiRef("vllm.v1.engine", "FINISH_REASON_STRINGS", members=("stop", "length", "abort")),
     ApiRef(
         "vllm.v1.engine.output_processor",
@@ -311,8 +319,10 @@ def make_sampling_params(
     max_tokens: int,
     stop: tuple[str, ...],
     seed: int,
+    logprobs: int | None = None,
 ) -> SamplingParams:
-    """One completion, final output only, stop strings kept in the text (include_stop)."""
+    """One completion, final output only, stop strings kept in the text (include_stop);
+    `logprobs`: top-k log-probabilities per generated token (None: none)."""
     return api.SamplingParams(
         n=1,
         temperature=temperature,
@@ -322,6 +332,7 @@ def make_sampling_params(
         seed=seed,
         include_stop_str_in_output=True,
         output_kind=api.RequestOutputKind.FINAL_ONLY,
+        logprobs=logprobs,
     )
 
 
@@ -335,11 +346,26 @@ class RawResult:
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int
+    entropy_sum: float = 0.0
+    entropy_tokens: int = 0
 
 
-def read_output(out: RequestOutput) -> RawResult:
-    """Flatten vLLM's final RequestOutput (n=1)."""
+def read_output(out: RequestOutput, logprobs: int | None = None) -> RawResult:
+    """Flatten vLLM's final RequestOutput (n=1); with `logprobs` (the k asked for), sum each
+    generated token's top-k entropy (`base.topk_entropy`)."""
+    from .base import topk_entropy
+
     choice: CompletionOutput = out.outputs[0]
+    entropy_sum, entropy_tokens = 0.0, 0
+    if logprobs:
+        for position in choice.logprobs or ():
+            values: list[float] = []
+            for candidate in (position or {}).values():
+                entry: Logprob = candidate
+                values.append(entry.logprob)
+            if values:
+                entropy_sum += topk_entropy(values, logprobs)
+                entropy_tokens += 1
     return RawResult(
         text=choice.text,
         finish_reason=choice.finish_reason,
@@ -347,6 +373,8 @@ def read_output(out: RequestOutput) -> RawResult:
         prompt_tokens=len(out.prompt_token_ids or ()),
         completion_tokens=len(choice.token_ids),
         cached_tokens=int(out.num_cached_tokens or 0),
+        entropy_sum=entropy_sum,
+        entropy_tokens=entropy_tokens,
     )
 
 

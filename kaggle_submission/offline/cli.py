@@ -71,8 +71,12 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_capacity(args: argparse.Namespace) -> int:
     from ..presets import PRESETS
-    from .capacity import ModelShape, report
+    from .capacity import ModelShape, compare, report
 
+    if args.compare:
+        models = [m.strip() for m in args.compare.split(",") if m.strip()]
+        print(compare(models, args.hardware, args.length, bits=args.bits or 8))
+        return 0
     shape = ModelShape.from_dir(args.model) if args.model else None
     names = [args.preset] if args.preset else [p for p in PRESETS if PRESETS[p].hardware != "cpu"]
     print("\n\n".join(report(name, shape, args.bits) for name in names))
@@ -141,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     capacity.add_argument("--preset", help="one preset (default: every GPU preset)")
     capacity.add_argument("--model", help="model directory whose config.json to use")
     capacity.add_argument("--bits", type=int, help="weight bits (default from the preset)")
+    capacity.add_argument(
+        "--compare",
+        help="models side by side instead (manifest names or model directories, comma-separated)",
+    )
+    capacity.add_argument("--hardware", default="t4x2", help="with --compare (default t4x2)")
+    capacity.add_argument(
+        "--length", type=int, default=16384, help="with --compare: rollout tokens (default 16384)"
+    )
     capacity.set_defaults(func=cmd_capacity)
 
     from .tune import add_tune_parser

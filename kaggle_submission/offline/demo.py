@@ -17,8 +17,13 @@ an induction circuit or sharp number embeddings, which take far longer to learn 
 can afford. There are 10^4 digit choices per kind, so held-out problems are unseen and the model
 cannot memorise its way to an answer; every answer is below 100.
 
+The same task comes in two protocols (kaggle_submission.protocols), one model each, cached apart:
+"numina" (manifest entry `demo`, preset `demo-cpu`) and "openmath-tir" (entry `demo-openmath`,
+preset `demo-cpu-openmath`: a chat template, `<tool_call>` code, the output fed back with the
+remaining-calls note). Both are asked the same held-out problems.
+
 This module is the single definition of the demo task (problem generator, held-out split) and the
-cache of the trained model. It imports nothing heavy and never imports `training` (training
+cache of the trained models. It imports nothing heavy and never imports `training` (training
 imports this module, one way): a missing model is built by running ``python -m training.demo``
 in a subprocess from the repository, training's own SFT pipeline. Only the offline CLI asks for
 it (`model_dir_for`) and hands the kernel the directory; the kernel knows no demo model.
@@ -41,18 +46,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..manifest import Weights
 from ..problems import Problem
 
 __all__ = [
     "DEMO_ENTRY_NAME",
     "DEMO_KINDS",
+    "DEMO_MODELS",
     "DEMO_VERSION",
     "DemoTask",
     "default_cache_root",
+    "demo_entry_name",
     "demo_model_dir",
     "demo_problems",
+    "demo_version",
+    "demo_weights",
     "ensure_demo_model",
     "generate_tasks",
+    "is_demo_model",
     "is_held_out",
     "model_dir_for",
     "repository_root",
@@ -62,6 +73,11 @@ DEMO_VERSION = "v2"
 """Bump when the task, tokenizer, model shape or training recipe changes: a new cache dir."""
 DEMO_ENTRY_NAME = "demo"
 """The demo's entry in weights_manifest.json (and the preset's `model` value)."""
+DEMO_MODELS: dict[str, str] = {DEMO_ENTRY_NAME: "numina", "demo-openmath": "openmath-tir"}
+"""Each demo model's manifest entry (a preset's `model` value) and the protocol it speaks."""
+_PROTOCOL_VERSIONS = {"numina": DEMO_VERSION, "openmath-tir": "openmath-tir-v1"}
+"""Per protocol: bump when its text form, tokenizer or recipe changes (a new cache dir). The
+numina demo keeps DEMO_VERSION, which also seeds the problems (shared by both)."""
 READY_FILE = "demo_model.json"
 """Written last into a finished model directory; its absence means "not built"."""
 BANNER = (
@@ -193,13 +209,37 @@ def default_cache_root() -> Path:
     return base / "kaggle_submission"
 
 
-def demo_model_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where the demo model lives (built or not)."""
+def _check_protocol(protocol: str) -> str:
+    if protocol not in _PROTOCOL_VERSIONS:
+        raise ValueError(f"no demo model speaks {protocol!r} (known: {sorted(_PROTOCOL_VERSIONS)})")
+    return protocol
+
+
+def demo_version(protocol: str = "numina") -> str:
+    """The version recorded in (and naming the cache dir of) `protocol`'s demo model."""
+    return _PROTOCOL_VERSIONS[_check_protocol(protocol)]
+
+
+def demo_entry_name(protocol: str = "numina") -> str:
+    """The manifest entry (and preset `model` value) of `protocol`'s demo model."""
+    _check_protocol(protocol)
+    return next(name for name, p in DEMO_MODELS.items() if p == protocol)
+
+
+def is_demo_model(name: str) -> bool:
+    """Whether a preset's `model` names a demo model (built on first use, not looked up)."""
+    return name in DEMO_MODELS
+
+
+def demo_model_dir(
+    cache_dir: str | os.PathLike[str] | None = None, protocol: str = "numina"
+) -> Path:
+    """Where `protocol`'s demo model lives (built or not); each protocol has its own folder."""
     root = Path(cache_dir) if cache_dir is not None else default_cache_root()
-    return root / f"demo-model-{DEMO_VERSION}"
+    return root / f"demo-model-{demo_version(protocol)}"
 
 
-def _ready(path: Path) -> bool:
+def _ready(path: Path, protocol: str = "numina") -> bool:
     marker = path / READY_FILE
     if not marker.is_file():
         return False
@@ -207,7 +247,7 @@ def _ready(path: Path) -> bool:
         info = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
-    return info.get("version") == DEMO_VERSION and (path / "config.json").is_file()
+    return info.get("version") == demo_version(protocol) and (path / "config.json").is_file()
 
 
 @contextlib.contextmanager
@@ -232,9 +272,10 @@ def repository_root() -> Path | None:
     return repo if (repo / "training" / "demo.py").is_file() else None
 
 
-def _build_in_subprocess(repo: Path, out: Path, manifest: Path) -> None:
-    """``python -m training.demo --out OUT --manifest MANIFEST`` from `repo`, its output relayed
-    to stderr. Why a subprocess: the kit never imports `training` (imports point one way)."""
+def _build_in_subprocess(repo: Path, out: Path, manifest: Path, protocol: str = "numina") -> None:
+    """``python -m training.demo --out OUT --manifest MANIFEST [--protocol P]`` from `repo`, its
+    output relayed to stderr. Why a subprocess: the kit never imports `training` (imports point
+    one way)."""
     command = [
         sys.executable,
         "-m",
@@ -243,6 +284,7 @@ def _build_in_subprocess(repo: Path, out: Path, manifest: Path) -> None:
         str(out),
         "--manifest",
         str(manifest),
+        *(["--protocol", protocol] if protocol != "numina" else []),
     ]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH")) if p)
@@ -268,14 +310,16 @@ def _build_in_subprocess(repo: Path, out: Path, manifest: Path) -> None:
             f"building the demo model failed ({' '.join(command[1:])} in {repo} exited with "
             f"{code}):\n{''.join(tail)}"
         )
-    if not _ready(out):
+    if not _ready(out, protocol):
         raise RuntimeError(f"{' '.join(command[1:])} exited 0 but {out} is not a finished model")
 
 
 def ensure_demo_model(
-    cache_dir: str | os.PathLike[str] | None = None, repo: str | os.PathLike[str] | None = None
+    cache_dir: str | os.PathLike[str] | None = None,
+    repo: str | os.PathLike[str] | None = None,
+    protocol: str = "numina",
 ) -> Path:
-    """The demo model's directory, trained on first use (about two minutes on 2 CPU cores).
+    """`protocol`'s demo model directory, trained on first use (about two minutes on 2 CPU cores).
 
     Building runs ``python -m training.demo`` from the repository (`repo`, default: the one this
     package sits in), which trains with training's SFT pipeline and publishes a manifest entry
@@ -283,19 +327,21 @@ def ensure_demo_model(
     training at once; the model is written to a temporary directory and renamed into place when
     complete.
     """
-    target = demo_model_dir(cache_dir)
+    target = demo_model_dir(cache_dir, protocol)
     print(f"{BANNER} ({target})", file=sys.stderr, flush=True)
-    if _ready(target):
+    if _ready(target, protocol):
         return target
     with _file_lock(target.parent / f"{target.name}.lock"):
-        if _ready(target):
+        if _ready(target, protocol):
             return target
         root = Path(repo) if repo is not None else repository_root()
         if root is None or not (root / "training" / "demo.py").is_file():
             raise RuntimeError(
                 f"the demo model is not built in {target} and no repository `training/` is next "
                 "to this package to build it: from a checkout of the repository run "
-                f"`python -m training.demo --out {target}`, or pass a model directory (--model)"
+                f"`python -m training.demo --out {target}"
+                + (f" --protocol {protocol}" if protocol != "numina" else "")
+                + "`, or pass a model directory (--model)"
             )
         tmp = target.parent / f"{target.name}.building-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -306,7 +352,7 @@ def ensure_demo_model(
             flush=True,
         )
         try:
-            _build_in_subprocess(root, tmp, target.parent / "weights_manifest.json")
+            _build_in_subprocess(root, tmp, target.parent / "weights_manifest.json", protocol)
             if target.exists():
                 shutil.rmtree(target)
             os.replace(tmp, target)
@@ -324,8 +370,23 @@ def model_dir_for(
     preset_model: str, model: str | os.PathLike[str] | None
 ) -> str | os.PathLike[str] | Path | None:
     """The model directory an offline run hands the kernel: `model` when given, the (built on
-    first use) demo model for a preset whose model is the demo, else None (the kernel then finds
+    first use) demo model for a preset whose model is a demo, else None (the kernel then finds
     the preset's weights through the manifest)."""
-    if model is None and preset_model == DEMO_ENTRY_NAME:
-        return ensure_demo_model()
+    if model is None and is_demo_model(preset_model):
+        protocol = DEMO_MODELS[preset_model]
+        return ensure_demo_model() if protocol == "numina" else ensure_demo_model(protocol=protocol)
     return model
+
+
+def demo_weights(preset_model: str, model: str | os.PathLike[str] | None) -> Weights | None:
+    """For a demo preset without `model`: its model (built on first use) with the protocol its
+    entry names decided, as the kernel's `weights`; else None. Why: a directory handed over
+    bare gets the no-format rule (its chat template with numina's rules), which is not how the
+    openmath-tir demo speaks."""
+    if model is not None or not is_demo_model(preset_model):
+        return None
+    from ..protocols import decide_protocol
+
+    protocol = DEMO_MODELS[preset_model]
+    path = ensure_demo_model(protocol=protocol)
+    return Weights(path, decide_protocol(protocol, path))

@@ -21,7 +21,7 @@ from ..kernel import Kernel
 from ..presets import Preset, get_preset
 from ..problems import Problem, load_problems, truths
 from ..traces import TraceWriter, read_traces
-from .demo import model_dir_for
+from .demo import demo_weights, is_demo_model
 from .report import ProgressLine, fmt_value, result_line, run_summary, summarize, write_report
 
 log = logging.getLogger(__name__)
@@ -109,14 +109,21 @@ def dry_run(options: DryRunOptions, stream: TextIO | None = None) -> dict[str, A
     out.mkdir(parents=True, exist_ok=True)
     data_name, problems = load_data(options)
     preset = build_preset(options, len(problems))
-    demo = preset.model == "demo" and options.model is None
+    demo = is_demo_model(preset.model) and options.model is None
     if demo:
         print(DEMO_BANNER, file=stream)
     trace_path = out / "traces.jsonl"
     if trace_path.exists():
         trace_path.unlink()
-    model_dir = model_dir_for(preset.model, options.model)  # the demo model is built here
-    kernel = Kernel(preset, model_dir=model_dir, trace_path=trace_path, run_started=run_started)
+    # a demo model is built here, its protocol decided from its manifest entry's format
+    found = demo_weights(preset.model, options.model)
+    kernel = Kernel(
+        preset,
+        model_dir=found.path if found is not None else options.model,
+        trace_path=trace_path,
+        run_started=run_started,
+        weights=(lambda: found) if found is not None else None,
+    )
     with kernel:
         engine_name = kernel.solver.backend.name if kernel.solver else preset.backend
         print(

@@ -31,7 +31,20 @@ CLI_MAIN = f"{PACKAGE}.__main__"
 TRAINING = "training"
 
 PURE_CORE: frozenset[str] = frozenset(
-    f"{PACKAGE}.{name}" for name in ("answers", "prompts", "config", "stopping", "budget", "traces")
+    f"{PACKAGE}.{name}"
+    for name in (
+        "answers",
+        "prompts",
+        "config",
+        "stopping",
+        "budget",
+        "traces",
+        "protocols",
+        "protocols.base",
+        "protocols.numina",
+        "protocols.openmath_tir",
+        "protocols.chat_cot",
+    )
 )
 """Layer 1: imports in milliseconds, no heavy dependency, nothing above it."""
 
@@ -142,8 +155,30 @@ class ImportGraph:
         return [c for c in _components(graph) if len(c) > 1 or c[0] in graph[c[0]]]
 
 
+_SCANS: dict[tuple[object, ...], ImportGraph] = {}
+
+
 def scan(root: Path, packages: Iterable[str] = (PACKAGE, TRAINING)) -> ImportGraph:
-    """Read every .py under `root/<package>` for each package present."""
+    """Read every .py under `root/<package>` for each package present.
+
+    A build reads the same tree several times (render, then validate): the graph is kept per
+    root, package list and the files' sizes and modification times, so a changed file is read
+    again."""
+    packages = tuple(packages)
+    files = _python_files(root, packages)
+    key = (Path(root).resolve(), packages, *((str(p), *_stamp(p)) for p in files.values()))
+    graph = _SCANS.get(key)
+    if graph is None:
+        graph = _SCANS[key] = _scan(root, files)
+    return graph
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = path.stat()
+    return stat.st_mtime_ns, stat.st_size
+
+
+def _python_files(root: Path, packages: tuple[str, ...]) -> dict[str, Path]:
     modules: dict[str, Path] = {}
     for package in packages:
         base = root / package
@@ -157,6 +192,10 @@ def scan(root: Path, packages: Iterable[str] = (PACKAGE, TRAINING)) -> ImportGra
             if parts[-1] == "__init__":
                 parts.pop()
             modules[".".join(parts)] = path
+    return modules
+
+
+def _scan(root: Path, modules: dict[str, Path]) -> ImportGraph:
     edges: list[Edge] = []
     inserts: list[Edge] = []
     kaggle_backends = None

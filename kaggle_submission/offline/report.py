@@ -5,6 +5,10 @@ here). Definitions, per problem with a known answer:
 - maj@N: the voted answer is right (the competition's score).
 - pass@N: some rollout's answer is right (what a perfect vote could reach).
 - single-sample: the share of the N rollouts whose own answer is right (one sample's accuracy).
+- plain and weighted votes, on the same finished rollouts: one vote per answer, against each
+  answer weighing its rollout's confidence (exp(-mean top-k token entropy), 1 where none was
+  measured) times the config's error_code_weight when its code failed: what
+  `engine.confidence="entropy"` votes with. Measured only when the run asked for logprobs.
 """
 
 from __future__ import annotations
@@ -47,6 +51,40 @@ class ProblemStats:
     code_errors: int
     timeouts: int
     tokens: int
+    plain_answer: int | None = None
+    weighted_answer: int | None = None
+    plain_correct: bool | None = None
+    weighted_correct: bool | None = None
+    confidence_mean: float | None = None  # over answered rollouts with a measured confidence
+
+
+def _tally(answers: Sequence[int], weights: Sequence[float]) -> int | None:
+    """The weighted majority of answers already admitted by the policy (the engine's vote:
+    ties go to the answer seen first); None when there is none."""
+    totals: dict[int, float] = {}
+    for answer, weight in zip(answers, weights, strict=True):
+        totals[answer] = totals.get(answer, 0.0) + weight
+    return max(totals, key=lambda a: totals[a]) if totals else None  # max keeps the first
+
+
+def _vote_pair(trace: SolveTrace) -> tuple[int, int, float | None]:
+    """(plain answer, weighted answer, mean confidence) of one record's answered rollouts."""
+    answered = [r for r in trace.rollouts if r.status == "answered" and r.answer is not None]
+    answers = [r.answer for r in answered if r.answer is not None]
+    error_weight = float(trace.config.get("error_code_weight", 1.0))
+    weights = [
+        (error_weight if r.code_errors else 1.0)
+        * (r.confidence if r.confidence is not None else 1.0)
+        for r in answered
+    ]
+    plain = _tally(answers, [1.0] * len(answers))
+    weighted = _tally(answers, weights)
+    measured = [r.confidence for r in answered if r.confidence is not None]
+    return (
+        trace.answer if plain is None else plain,
+        trace.answer if weighted is None else weighted,
+        _mean(measured),
+    )
 
 
 def problem_stats(trace: SolveTrace, truth: int | None) -> ProblemStats:
@@ -56,6 +94,7 @@ def problem_stats(trace: SolveTrace, truth: int | None) -> ProblemStats:
     finished = sum(r.status != "cancelled" for r in trace.rollouts)
     executions = [s for r in trace.rollouts for s in r.segments if isinstance(s, ExecutionSegment)]
     known = truth is not None
+    plain, weighted, confidence = _vote_pair(trace)
     return ProblemStats(
         problem_id=trace.problem_id,
         truth=truth,
@@ -76,6 +115,11 @@ def problem_stats(trace: SolveTrace, truth: int | None) -> ProblemStats:
         code_errors=sum(not s.ok for s in executions),
         timeouts=sum(s.timed_out for s in executions),
         tokens=sum(r.completion_tokens for r in trace.rollouts),
+        plain_answer=plain,
+        weighted_answer=weighted,
+        plain_correct=plain == truth if known else None,
+        weighted_correct=weighted == truth if known else None,
+        confidence_mean=confidence,
     )
 
 
@@ -113,6 +157,17 @@ def summarize(
         "code_error_rate": sum(s.code_errors for s in stats) / executions if executions else None,
         "code_timeouts": sum(s.timeouts for s in stats),
         "tokens_generated": sum(s.tokens for s in stats),
+        "votes": {
+            "confidence_measured": sum(s.confidence_mean is not None for s in stats),
+            "plain_correct": sum(bool(s.plain_correct) for s in scored),
+            "weighted_correct": sum(bool(s.weighted_correct) for s in scored),
+            "maj_at_n_plain": _mean([float(bool(s.plain_correct)) for s in scored]),
+            "maj_at_n_weighted": _mean([float(bool(s.weighted_correct)) for s in scored]),
+            "differ": [s.problem_id for s in stats if s.plain_answer != s.weighted_answer],
+            "confidence_mean": _mean(
+                [s.confidence_mean for s in stats if s.confidence_mean is not None]
+            ),
+        },
         "per_problem": [asdict(s) for s in stats],
     }
 
@@ -267,6 +322,7 @@ def write_report(summary: Mapping[str, Any], out_dir: str | Path) -> Path:
         "",
     ]
     lines += _ablation_lines(summary.get("code_ablation"))
+    lines += _vote_lines(summary.get("votes"), summary.get("scored", 0))
     lines += [f"![{name}]({name})" for name in plots]
     lines += [
         "",
@@ -313,6 +369,40 @@ def _ablation_lines(ablation: Mapping[str, Any] | None) -> list[str]:
         shares = [fmt_value(row[k]) for k in ("maj_at_n", "pass_at_n", "single_sample")]
         lines.append(_row([label, correct, *shares, row["executions"]]))
     return [*lines, ""]
+
+
+def _vote_lines(votes: Mapping[str, Any] | None, scored: int) -> list[str]:
+    """Plain against confidence-weighted votes on the same rollouts."""
+    if not votes:
+        return []
+    lines = ["## Plain and confidence-weighted votes", ""]
+    if not votes["confidence_measured"]:
+        return [
+            *lines,
+            "No token entropy was measured (run with `--set engine.confidence=entropy` to ask",
+            "the backend for top-k logprobs); both votes are the plain one.",
+            "",
+        ]
+    lines += [
+        "The same finished rollouts voted twice: one vote each, and each answer weighing",
+        "exp(-mean top-k token entropy) of its rollout (`engine.confidence=entropy`).",
+        "",
+        "| vote | correct | maj@N |",
+        "|---|---|---|",
+        _row(["plain", f"{votes['plain_correct']}/{scored}", fmt_value(votes["maj_at_n_plain"])]),
+        _row(
+            [
+                "confidence-weighted",
+                f"{votes['weighted_correct']}/{scored}",
+                fmt_value(votes["maj_at_n_weighted"]),
+            ]
+        ),
+        "",
+        f"Mean confidence of answered rollouts: {fmt_value(votes['confidence_mean'])}; "
+        f"problems where the two votes differ: {', '.join(votes['differ']) or 'none'}.",
+        "",
+    ]
+    return lines
 
 
 def _plots(summary: Mapping[str, Any], out: Path) -> list[str]:

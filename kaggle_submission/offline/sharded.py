@@ -55,7 +55,7 @@ from ..engine import (
 )
 from ..presets import Preset
 from ..problems import Problem, truths
-from ..prompts import NUMINA, PromptFormat, decide_prompt
+from ..protocols import NUMINA, Protocol, decide_protocol
 from ..sandbox import Sandbox
 from ..traces import SolveTrace
 from .dryrun import DEMO_BANNER, DryRunOptions, build_preset, load_data
@@ -208,14 +208,14 @@ class _Run:
         stop_event: threading.Event,
         on_solution: OnSolution | None,
         progress: Callable[[Problem, Solution], None],
-        prompt_format: PromptFormat = NUMINA,
+        protocol: Protocol = NUMINA,
         heals_itself: bool = False,
     ) -> None:
         """`heals_itself`: the backend is servers (never rebuilt from here)."""
         self.preset = preset
         self.config = preset.engine  # N halves after an out-of-memory rebuild
         self.heals_itself = heals_itself
-        self.prompt_format = prompt_format
+        self.protocol = protocol
         self.todo = list(todo)
         self.factory = factory
         self.sandbox = sandbox
@@ -298,7 +298,7 @@ class _Run:
                         deadline=deadline,
                         problem_id=problem.key,
                         executor=executor,
-                        prompt_format=self.prompt_format,
+                        protocol=self.protocol,
                     ),
                     timeout=self.problem_cap_s + grace,
                 )
@@ -351,7 +351,7 @@ def sharded_dry_run(
     backend_factory: AnyFactory | None = None,
     servers: str | Sequence[str] | None = None,
     backend_options: Mapping[str, Any] | None = None,
-    prompt_format: PromptFormat | None = None,
+    protocol: Protocol | None = None,
     concurrency: int = 4,
     resume: bool = True,
     problem_cap_s: float | None = None,
@@ -367,7 +367,7 @@ def sharded_dry_run(
 
     The backend is `backend_factory()` (called on the engine loop) or, with `servers`, an
     OpenAIBackend over them (`backend_options` are its keyword options: model, tokenizer_dir,
-    max_concurrency_per_server, ...). `prompt_format` renders the prompts (default: decided from
+    max_concurrency_per_server, ...). `protocol` renders the prompts (default: decided from
     the servers' `tokenizer_dir` when given, else the kit's format). `problem_cap_s` is each
     problem's time (default the preset's budget.cap_s). `resume` skips the problems already in
     out_dir/traces.jsonl; without it the file is started afresh. `stop_event` (or Ctrl-C)
@@ -382,9 +382,9 @@ def sharded_dry_run(
     if len(set(keys)) != len(keys):
         raise ValueError("problem keys must be unique (they identify problems on resume)")
     factory = backend_factory or _openai_factory(servers, backend_options or {})
-    if prompt_format is None:
+    if protocol is None:
         model_dir = (backend_options or {}).get("tokenizer_dir") if servers else None
-        prompt_format = decide_prompt(None, model_dir) if model_dir else NUMINA
+        protocol = decide_protocol(None, model_dir) if model_dir else NUMINA
     cap = float(problem_cap_s if problem_cap_s is not None else preset.budget.cap_s)
     if cap <= 0:
         raise ValueError("problem_cap_s must be positive")
@@ -429,7 +429,7 @@ def sharded_dry_run(
                     stop,
                     on_solution,
                     progress,
-                    prompt_format,
+                    protocol,
                     heals_itself=servers is not None,
                 )
                 future = runner.submit(run.main())
@@ -649,7 +649,7 @@ def run_sharded(options: ShardedOptions, stream: TextIO | None = None) -> Sharde
     extra: dict[str, Any] = {"data": data_name}
     factory: AnyFactory | None = None
     backend_options: dict[str, Any] = {}
-    prompt_format: PromptFormat | None = None  # with servers: from the tokenizer_dir
+    protocol: Protocol | None = None  # with servers: from the tokenizer_dir
     if options.servers:
         backend_options["max_concurrency_per_server"] = options.max_concurrency_per_server
         if run.model and Path(run.model).is_dir():
@@ -659,13 +659,14 @@ def run_sharded(options: ShardedOptions, stream: TextIO | None = None) -> Sharde
         engine_line = f"openai over {options.servers}"
     else:
         from ..kernel import make_backend_factory, resolve_model
-        from .demo import model_dir_for
+        from .demo import demo_weights, is_demo_model
 
-        weights = resolve_model(preset, model_dir_for(preset.model, run.model))
-        model_path, prompt_format = weights.path, weights.prompt
+        # a demo model is built here, its protocol decided from its manifest entry's format
+        weights = demo_weights(preset.model, run.model) or resolve_model(preset, run.model)
+        model_path, protocol = weights.path, weights.protocol
         factory = make_backend_factory(preset.backend, model_path, dict(preset.backend_options))
         engine_line = f"{preset.backend} in process, model {model_path}"
-        if preset.model == "demo" and run.model is None:
+        if is_demo_model(preset.model) and run.model is None:
             extra["banner"] = DEMO_BANNER
             print(DEMO_BANNER, file=stream)
     print(
@@ -682,7 +683,7 @@ def run_sharded(options: ShardedOptions, stream: TextIO | None = None) -> Sharde
         backend_factory=factory,
         servers=options.servers if factory is None else None,
         backend_options=backend_options,
-        prompt_format=prompt_format,
+        protocol=protocol,
         concurrency=options.concurrency,
         resume=options.resume,
         problem_cap_s=options.problem_cap_s,

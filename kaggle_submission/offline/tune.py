@@ -37,7 +37,8 @@ import numpy as np
 from ..competition import get_adapter
 from ..hardware import parse_hardware
 from ..presets import PRESETS, Preset, get_preset, read_preset_file
-from .capacity import NUMINAMATH_7B, ModelShape, estimate
+from ..protocols import PROTOCOL_RULES, RolloutRules
+from .capacity import ModelShape, estimate, preset_shape
 from .tuning.outputs import (
     Capacity,
     Row,
@@ -182,7 +183,7 @@ def capacity_checks(
         _, gpus = parse_hardware(preset.hardware)
         quant = preset.backend_options.get("quantization")
         layouts = estimate(
-            shape or ModelShape.from_config(NUMINAMATH_7B),
+            shape or preset_shape(preset),
             preset.hardware,
             bits=8 if quant == "gptq" else None,
             memory_fraction=float(preset.backend_options.get("gpu_memory_utilization", 0.9)),
@@ -279,7 +280,7 @@ def tune(
         overhead_s=rec.overhead_s if options.overhead_s is None else options.overhead_s,
         time_model=time_model,
         throughput=table,
-        restart_after_cut=preset.engine.restart_unfinished or preset.engine.restart_without_code,
+        restart_after_cut=_restarts_after_cut(preset_rules(preset)),
         error_code_weight=preset.engine.error_code_weight,
     )
     print(
@@ -468,3 +469,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if not report.meets_constraints:
         print("WARNING: no candidate meets the risk limit; see the notes", file=sys.stderr)
     return 0
+
+
+def preset_rules(preset: Preset) -> RolloutRules:
+    """The rollout rules the preset runs: its engine's, else its model's protocol's defaults
+    (the manifest entry's `prompt.format`; numina for a model the manifest lacks)."""
+    from ..manifest import load_manifest
+
+    try:
+        name = load_manifest().get(preset.model).prompt.format
+    except (KeyError, ValueError, OSError):
+        name = "numina"
+    return preset.engine.rules_for(PROTOCOL_RULES.get(name, PROTOCOL_RULES["numina"]))
+
+
+def _restarts_after_cut(rules: RolloutRules) -> bool:
+    """Whether a rollout cut by its token limit starts over (the simulator's restart rule)."""
+    return rules.restart_unfinished or rules.restart_without_code

@@ -266,8 +266,8 @@ def build_recorded(
                 end[i, j, c] = gens[c + 1].started if c + 1 < n else rollout.seconds
             if cut:
                 end[i, j, n - 1] = np.nan  # when it would have moved on is unknown
-            elif rollout.status in (*_ANSWER_STATUSES, "error"):
-                term[i, j] = n - 1
+            elif rollout.status in (*_ANSWER_STATUSES, "error", "unfinished"):
+                term[i, j] = n - 1  # it ended there (unfinished: token budget spent, no answer)
                 if rollout.status in _ANSWER_STATUSES:
                     box_pos[i, j, n - 1] = _box_position(gens[-1])
             if rollout.status == "answered":
