@@ -5,7 +5,7 @@ inside any worker. Model text is never evaluated: answers are parsed by a small 
 tokenizer and recursive-descent parser over exact ``Fraction`` arithmetic, with size bounds so
 that hostile inputs such as ``10^{10^{10}}`` return ``None`` at once.
 
-Design choices that differ from the AIMO-1 winner on purpose (see FIELD_NOTES.md):
+Design choices that differ from the AIMO-1 winner's published notebook on purpose:
 
 - Non-integers are rejected, never rounded (``round(float("2.6")) == 3`` scored wrong answers).
 - Negative answers are rejected, never reduced (``-5 % 1000 == 995`` looks plausible).

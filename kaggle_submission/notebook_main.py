@@ -1,6 +1,6 @@
 """What the built Kaggle notebook calls: the offline install and the whole run, in two functions.
 
-Start-up order (ARCHITECTURE.md, "Start-up order inside the Kaggle notebook"):
+Start-up order (docs/architecture.md):
 
 1. `install_requirements` (the install cell): the kit's requirements from the attached wheels
    dataset, `pip install --no-index --find-links`, before anything imports them;

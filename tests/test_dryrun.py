@@ -116,61 +116,53 @@ def test_one_recovery_rule_and_watchdog_formula():
     assert watchdog_grace_s(config, 30.0) == 30.0
 
 
-def test_sharded_run_rebuilds_by_the_kernel_rule():
+def test_sharded_run_rebuilds_by_the_kernel_rule(tmp_path):
     """An in-process engine is rebuilt on an engine failure (N halved on out-of-memory), never
-    on a request's failure; servers are never rebuilt from the run."""
-    import asyncio
-    import threading
-    from dataclasses import replace as dc_replace
+    on a request's failure: seen through the public sharded run, one problem at a time."""
+    import time
 
-    from kaggle_submission.engine import fallback_solution
-    from kaggle_submission.offline.sharded import _Run
+    from kaggle_submission.backends.base import Completion
+    from kaggle_submission.backends.scripted import ScriptedBackend, tir_script
+    from kaggle_submission.offline.sharded import sharded_dry_run
     from kaggle_submission.presets import get_preset
+    from kaggle_submission.problems import Problem
 
-    preset = get_preset("demo-cpu")
-    preset = dc_replace(preset, engine=dc_replace(preset.engine, num_rollouts=8))
-    built: list[object] = []
+    preset = get_preset("demo-cpu").with_overrides(
+        {"engine.num_rollouts": 8, "engine.max_calls": 2, "engine.early_stop": None}
+    )
+    built: list[str] = []
 
-    class Fake:
-        name = "fake"
-        dead = False
+    class Failing(ScriptedBackend):
+        """The first engine fails one request of "bad request" and every request of "oom"."""
 
-        async def aclose(self) -> None:
-            return None
+        async def generate(self, request):
+            if "oom" in request.prompt and len(built) == 1:
+                return Completion.failed(request.request_id, "CUDA out of memory", 0.0, "oom")
+            if "bad request" in request.prompt and request.rollout == 0:
+                return Completion.failed(
+                    request.request_id, "rejected", time.perf_counter(), "request"
+                )
+            return await super().generate(request)
 
-        async def start(self) -> None:
-            return None
+    def factory() -> Failing:
+        built.append("engine")
+        return Failing(tir_script())
 
-    def factory() -> Fake:
-        built.append(Fake())
-        return built[-1]  # type: ignore[return-value]
-
-    def failed(kind):
-        return fallback_solution("p", "p", preset.engine, preset.policy, "boom", kind)
-
-    async def scenario(heals_itself: bool) -> _Run:
-        run = _Run(
-            preset,
-            [],
-            factory,
-            None,
-            None,
-            1,
-            1.0,
-            threading.Event(),
-            None,  # type: ignore[arg-type]
-            lambda *_: None,
-            heals_itself=heals_itself,
-        )
-        run._rebuild_lock = asyncio.Lock()
-        run.backend = first = Fake()
-        await run._maybe_rebuild(first, failed("request"))  # type: ignore[arg-type]
-        assert run.backend is first
-        await run._maybe_rebuild(first, failed("oom"))  # type: ignore[arg-type]
-        return run
-
-    run = asyncio.run(scenario(heals_itself=False))
-    assert len(built) == 1 and run.backend is built[0] and run.config.num_rollouts == 4
-    built.clear()
-    run = asyncio.run(scenario(heals_itself=True))
-    assert not built and run.config.num_rollouts == 8
+    problems = [
+        Problem(key, key, f"What is 6 * 7? ({key})", 42, i + 2, "test")
+        for i, key in enumerate(["bad request", "oom", "after"])
+    ]
+    result = sharded_dry_run(
+        problems,
+        preset,
+        tmp_path,
+        backend_factory=factory,
+        concurrency=1,
+        shuffle_seed=None,
+        redo_errors=False,
+        stream=None,
+    )
+    traces = {t.problem_id: t for t in result.traces}
+    assert len(built) == 2  # the request failure cost nothing; out of memory one rebuild
+    assert traces["bad request"].answer == 42
+    assert traces["after"].config["num_rollouts"] == 4  # N halved after out of memory

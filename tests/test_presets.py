@@ -165,7 +165,7 @@ def test_one_preset_file_reader(tmp_path):
         "tuned",
         "tuned",
     )
-    assert tune._base(str(path)) == ("aimo1-t4x2", {"engine.num_rollouts": 24})
+    assert tune.base_preset(str(path)) == ("aimo1-t4x2", {"engine.num_rollouts": 24})
     base, overrides, built = bk.resolve_preset_input(str(path), {})
     assert (base, overrides["name"], overrides["description"]) == ("aimo1-t4x2", "tuned", "tuned")
     assert built == get_preset(str(path))

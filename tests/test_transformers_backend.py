@@ -356,7 +356,7 @@ def test_aclose_aborts_running_requests(tiny_model_dir):
 
     out = run(scenario())
     assert out.finish_reason == "abort"
-    assert not backend._thread.is_alive()
+    assert not backend.worker_alive
 
 
 # ------------------------------------------------------------------ CUDA (skipped without a GPU)

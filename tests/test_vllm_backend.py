@@ -78,7 +78,7 @@ def test_least_loaded_forgets_old_keys() -> None:
     spread = LeastLoaded(3, max_keys=2)
     for key in range(5):
         spread.release(spread.acquire(key))
-    assert len(spread._home) == 2
+    assert spread.remembered == 2
 
 
 def test_map_finish() -> None:

@@ -6,8 +6,9 @@ Usage (one GPU, or under ``accelerate launch`` for 8 GPUs with DeepSpeed ZeRO-3)
     python -m training.sft --config training/configs/stage2_tir.yaml \
         --set model=runs/stage1_cot/final
 
-The recipe (FIELD_NOTES): packing into fixed blocks (2048 / 1024 tokens) with no loss masking,
-lr 2e-5 cosine, 3 / 4 epochs, warmup 0 / 0.1, bf16, gradient checkpointing, global batch 32.
+The AIMO-1 winner's published recipe: packing into fixed blocks (2048 / 1024 tokens), no
+loss masking, lr 2e-5 cosine, 3 / 4 epochs, warmup 0 / 0.1, bf16, gradient checkpointing,
+global batch 32.
 The global batch is kept whatever the hardware: gradient accumulation is derived from it as
 global / (per-device batch x processes) unless given explicitly, in which case it must agree.
 

@@ -297,6 +297,11 @@ class TransformersBackend(Backend):
         }
 
     @property
+    def worker_alive(self) -> bool:
+        """Whether the decoding thread still runs (it ends with `aclose`/`kill`)."""
+        return self._thread.is_alive()
+
+    @property
     def stats(self) -> dict[str, int]:
         """Counters of the worker (batches, steps, max_rows, ...): a snapshot copy."""
         with self._stats_lock:

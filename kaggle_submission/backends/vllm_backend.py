@@ -144,6 +144,11 @@ class LeastLoaded:
         self.in_flight[index] += 1
         return index
 
+    @property
+    def remembered(self) -> int:
+        """How many prefix keys keep a home engine (at most `max_keys`: memory stays bounded)."""
+        return len(self._home)
+
     def release(self, index: int) -> None:
         self.in_flight[index] -= 1
 

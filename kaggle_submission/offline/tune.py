@@ -236,7 +236,7 @@ def _throughput(options: TuneOptions, preset: Preset, rec: Recorded) -> Throughp
     return ThroughputTable.from_json(source)
 
 
-def _base(preset_arg: str) -> tuple[str, dict[str, Any]]:
+def base_preset(preset_arg: str) -> tuple[str, dict[str, Any]]:
     """The preset file's base and overrides to build on."""
     if preset_arg in PRESETS:
         return preset_arg, {}
@@ -309,7 +309,7 @@ def tune(
             f"no candidate has P(overrun) <= {options.risk} with capacity OK: recommending the "
             "least risky one; widen the grid (smaller N, M, cap; early stop)"
         )
-    base, base_overrides = _base(options.preset)
+    base, base_overrides = base_preset(options.preset)
     settings = {
         "preset": options.preset,
         "hardware": preset.hardware,
