@@ -378,7 +378,11 @@ def test_end_to_end_with_a_tiny_llama(tiny_model_dir, tmp_path):
 
 
 class StallingBackend(ScriptedBackend):
-    """Rollouts 0-1 are answered; the others' requests stay in flight with no token."""
+    """Rollouts 0-1 answer at once (no code: no sandbox time for the silence watchdog to count);
+    the others' requests stay in flight with no token."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda request: "So the answer is $\\boxed{42}$.")
 
     async def generate(self, request):
         if request.rollout >= 2:
@@ -387,7 +391,13 @@ class StallingBackend(ScriptedBackend):
 
 
 def test_silent_engine_ends_the_solve_keeping_finished_votes(sandbox):
-    config = EngineConfig(num_rollouts=4, early_stop=NEVER_STOP, silence_timeout_s=0.3)
+    config = EngineConfig(
+        num_rollouts=4,
+        early_stop=NEVER_STOP,
+        silence_timeout_s=0.3,
+        restart_without_code=False,
+        prune_unexecuted=False,
+    )
     deadline = time.monotonic() + 60.0
     solution = asyncio.run(
         solve_async(
