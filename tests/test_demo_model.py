@@ -178,13 +178,13 @@ def test_openmath_tokenizer_keeps_tool_tags_whole_and_ends_turns(tmp_path: Path)
     protocol = demo_protocol("openmath-tir")
     rows = make_rows(200, seed=0, protocol=protocol)
     texts = [protocol.render(r["problem"], 2) + r["solution"] for r in rows]
-    tok = train_tokenizer(texts, 600, 512, CHATML_TEMPLATE)
+    tok = train_tokenizer(texts, 1000, 512, CHATML_TEMPLATE)
     ids = tok(texts[0])["input_ids"]
     pieces = tok.convert_ids_to_tokens(ids)
     assert pieces.count("<tool_call>") == 1 and pieces.count("</tool_call>") == 1
     assert tok.eos_token == IM_END and pieces.count(IM_END) == 1  # the user turn's end
     assert tok.decode(ids, skip_special_tokens=True).count("</tool_call>") == 1
-    assert len(ids) <= 384  # demo_openmath.yaml's block size
+    assert len(ids) <= 160  # demo_openmath.yaml's block size
     tok.save_pretrained(str(tmp_path))
     decided = decide_protocol("openmath-tir", tmp_path)
     assert decided.render(rows[0]["problem"], 2) == protocol.render(rows[0]["problem"], 2)
@@ -248,11 +248,6 @@ def test_openmath_demo_is_built_and_published_apart(demo_openmath_dir: Path) -> 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the openmath-tir demo recipe (demo.yaml's) copies the problem's digits poorly: "
-    "3/20 with code vs 0/20 without measured; more epochs or a higher rate needed",
-)
 def test_openmath_demo_needs_its_code_executed(demo_openmath_dir: Path) -> None:
     """Through the engine with the openmath-tir protocol (transformers): the model's own
     `<tool_call>` text is extracted and run, and it boxes what was printed."""
@@ -274,11 +269,6 @@ def test_openmath_demo_needs_its_code_executed(demo_openmath_dir: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="the openmath-tir demo recipe (demo.yaml's) copies the problem's digits poorly: "
-    "3/20 with code vs 0/20 without measured; more epochs or a higher rate needed",
-)
 def test_readme_command_runs_the_openmath_demo_preset(
     demo_openmath_dir: Path,
     tmp_path: Path,

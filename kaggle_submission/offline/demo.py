@@ -75,7 +75,7 @@ DEMO_ENTRY_NAME = "demo"
 """The demo's entry in weights_manifest.json (and the preset's `model` value)."""
 DEMO_MODELS: dict[str, str] = {DEMO_ENTRY_NAME: "numina", "demo-openmath": "openmath-tir"}
 """Each demo model's manifest entry (a preset's `model` value) and the protocol it speaks."""
-_PROTOCOL_VERSIONS = {"numina": DEMO_VERSION, "openmath-tir": "openmath-tir-v1"}
+_PROTOCOL_VERSIONS = {"numina": DEMO_VERSION, "openmath-tir": "openmath-tir-v2"}
 """Per protocol: bump when its text form, tokenizer or recipe changes (a new cache dir). The
 numina demo keeps DEMO_VERSION, which also seeds the problems (shared by both)."""
 READY_FILE = "demo_model.json"
