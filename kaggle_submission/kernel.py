@@ -23,7 +23,7 @@ from .budget import Budget
 from .competition import get_adapter
 from .config import override
 from .engine import Solution, Solver, rebuild_config, watchdog_grace_s
-from .manifest import Weights, find_weights
+from .manifest import DEFAULT_MANIFEST, ManifestError, Weights, find_weights, load_manifest
 from .presets import Preset
 from .protocols import NUMINA, Protocol
 from .sandbox import Sandbox
@@ -39,10 +39,21 @@ def resolve_model(
     (a model outside the manifest, only checked to exist), else the manifest's entry for the
     preset's model, located under the input roots and checked.
 
-    No model is built here: the offline CLI builds the demo model and passes its directory."""
+    An explicit directory speaks the protocol of the preset's manifest entry when there is one
+    (`--preset aimo1-t4x2-openmath7b --model DIR` is an OpenMath model in openmath-tir form),
+    else the one its own files suggest. No model is built here: the offline CLI builds the demo
+    model and passes its directory."""
     if model_dir is not None:
-        return find_weights(None, explicit_dir=model_dir)
+        return find_weights(None, explicit_dir=model_dir, prompt_format=_entry_format(preset))
     return find_weights(preset.model, check_hashes=check_hashes)
+
+
+def _entry_format(preset: Preset) -> str | None:
+    """The `prompt.format` of the preset's model in the kit's manifest (None: no entry)."""
+    try:
+        return load_manifest(DEFAULT_MANIFEST).get(preset.model).prompt.format
+    except (ManifestError, KeyError, FileNotFoundError):
+        return None
 
 
 def make_backend_factory(name: str, model: Path, preset_options: dict[str, Any]) -> BackendFactory:

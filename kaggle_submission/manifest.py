@@ -691,14 +691,16 @@ def find_weights(
     roots: Sequence[str | os.PathLike[str]] | None = None,
     explicit_dir: str | os.PathLike[str] | None = None,
     check_hashes: bool = False,
+    prompt_format: str | None = None,
 ) -> Weights:
     """The one way to find weights: locate, check, and decide the model protocol.
 
     `entry_or_name`: a manifest entry, or its name in `manifest_path` (default: the kit's
     manifest), located under `roots` (default: `kaggle_paths.input_roots()`, both layouts) or
     in `explicit_dir`, then checked file by file (sizes; sha256 with `check_hashes`). None: a
-    model outside the manifest in `explicit_dir`, which is only checked to exist. The protocol
-    comes from the entry's `prompt.format` and the directory (`protocols.decide_protocol`).
+    model outside the manifest in `explicit_dir`, which is only checked to exist, spoken in
+    `prompt_format` (None: decided from the directory alone). The protocol comes from the
+    entry's `prompt.format` and the directory (`protocols.decide_protocol`).
     Raises FileNotFoundError (ModelNotFoundError when nothing was found), ManifestError.
     """
     if entry_or_name is None:
@@ -707,7 +709,7 @@ def find_weights(
         path = Path(explicit_dir)
         if not path.is_dir():
             raise FileNotFoundError(f"model directory {path} does not exist")
-        return Weights(path, decide_protocol(None, path))
+        return Weights(path, decide_protocol(prompt_format, path))
     if isinstance(entry_or_name, ModelEntry):
         entry, source = entry_or_name, "its manifest entry"
     else:

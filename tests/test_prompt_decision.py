@@ -191,3 +191,25 @@ def test_vllm_receives_the_same_text(tiny_model_dir: Path) -> None:
         extra={"kv_cache_memory_bytes": 32 << 20},
     )
     assert _sent_prompt(backend, decide_prompt(None, tiny_model_dir)) == TODAY
+
+
+def test_an_explicit_directory_speaks_its_presets_protocol(tmp_path: Path) -> None:
+    """`--preset demo-cpu-openmath --model DIR`: the directory is the preset's model, so it gets
+    the protocol of the preset's manifest entry (openmath-tir), not the bare template's; a preset
+    whose model has no entry decides from the directory alone, as before."""
+    from kaggle_submission.config import override
+    from kaggle_submission.kernel import resolve_model
+    from kaggle_submission.presets import PRESETS
+
+    chatml = (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    own = _model_dir(tmp_path / "own", chatml)
+    weights = resolve_model(PRESETS["demo-cpu-openmath"], own)
+    assert weights.path == own and weights.protocol.name == "openmath-tir"
+    assert "Python code calls" in weights.protocol.render(PROBLEM, 3)
+    outside = override(PRESETS["demo-cpu"], model="a-model-not-in-the-manifest")
+    assert resolve_model(outside, own).protocol.name == "chat_template"
