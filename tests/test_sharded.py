@@ -414,6 +414,41 @@ def test_run_sharded_options_over_a_stub_server(tmp_path: Path, stub_loop: StubL
     assert len(traced_keys(tmp_path)) == 3
 
 
+def test_servers_with_a_model_directory_speak_the_presets_protocol(
+    tmp_path: Path, stub_loop: StubLoop
+) -> None:
+    """`dry-run --servers URL --model DIR --preset demo-cpu-openmath`: the prompts sent are in
+    openmath-tir form (the preset's entry), rendered with the directory's chat template."""
+    import json
+
+    from kaggle_submission.offline.dryrun import DryRunOptions
+    from kaggle_submission.offline.sharded import ShardedOptions, run_sharded
+
+    model = tmp_path / "model"
+    model.mkdir()
+    chatml = (
+        "{% for message in messages %}"
+        "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+    )
+    (model / "tokenizer_config.json").write_text(json.dumps({"chat_template": chatml}))
+    stub = stub_loop.call(StubServer().start())
+    run = DryRunOptions(
+        data="demo",
+        preset="demo-cpu-openmath",
+        model=str(model),
+        limit=1,
+        out_dir=tmp_path / "out",
+        overrides={"engine.num_rollouts": 1, "engine.max_calls": 2},
+    )
+    result = run_sharded(ShardedOptions(run=run, servers=stub.url, concurrency=1), io.StringIO())
+    stub_loop.call(stub.stop())
+    (trace,) = result.traces
+    assert trace.prompt.startswith("<|im_start|>user\nSolve the following math problem")
+    assert "You may perform up to 1 Python code calls" in trace.prompt
+
+
 # --------------------------------------------------------------------------- real vLLM servers
 
 

@@ -651,9 +651,13 @@ def run_sharded(options: ShardedOptions, stream: TextIO | None = None) -> Sharde
     backend_options: dict[str, Any] = {}
     protocol: Protocol | None = None  # with servers: from the tokenizer_dir
     if options.servers:
+        from ..kernel import resolve_model
+
         backend_options["max_concurrency_per_server"] = options.max_concurrency_per_server
         if run.model and Path(run.model).is_dir():
             backend_options["tokenizer_dir"] = run.model
+            # the same rule as in process: the preset's entry's protocol, else the directory's
+            protocol = resolve_model(preset, run.model).protocol
         elif run.model:
             backend_options["expected_model"] = run.model
         engine_line = f"openai over {options.servers}"
