@@ -369,7 +369,7 @@ def test_quantize_existing_in_its_protocol_then_fill(tiny_model_dir: Path, tmp_p
     assert info["calibration"]["used"] == 16
     assert info["check"]["top1_agreement"] > 0.8
     texts = qe.calibration_texts(
-        qe.load_config(
+        tc.load_config(
             qe.QuantizeExistingConfig,
             tc.CONFIG_DIR / "quantize_openmath7b.yaml",
             [f"calibration.sources=[{{path: {tmp_path / 'tir.jsonl'}}}]"],
